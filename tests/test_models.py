@@ -104,7 +104,10 @@ def test_bfloat16_compute_keeps_params_and_logits_float32():
 def loss_and_grads(model, variables, x, y):
     def loss_fn(params):
         logits, state = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
         )
         onehot = jax.nn.one_hot(y, logits.shape[-1])
         return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), -1)), state
@@ -174,7 +177,9 @@ class TestBatchNormGroups:
         np.testing.assert_allclose(out, jnp.concatenate([p[0] for p in parts]), rtol=1e-5, atol=1e-5)
         # Running statistics: the mean over groups of each group's update.
         mean_of_parts = jax.tree.map(lambda *s: sum(s) / 3, *[dict(p[1]) for p in parts])
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), dict(state), mean_of_parts)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), dict(state), mean_of_parts
+        )
 
     def test_global_differs_from_grouped(self):
         model = models.create("cifar", 8, "A")

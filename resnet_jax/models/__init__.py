@@ -1,8 +1,8 @@
 """The paper's model zoo: `create(family, depth, shortcut, ...)` returns a flax.linen Module.
 
-    model = models.create(family="cifar", depth=110, shortcut="A", num_classes=10)
-    variables = model.init(rng, images_nhwc)                 # {"params", "batch_stats"}
-    logits = model.apply(variables, images_nhwc, train=False)
+model = models.create(family="cifar", depth=110, shortcut="A", num_classes=10)
+variables = model.init(rng, images_nhwc)                 # {"params", "batch_stats"}
+logits = model.apply(variables, images_nhwc, train=False)
 """
 
 from __future__ import annotations

@@ -16,9 +16,7 @@ def he_normal(mode: str = "fan_in") -> nn.initializers.Initializer:
     return nn.initializers.variance_scaling(2.0, mode, "normal")
 
 
-def conv(
-    features: int, kernel: int, strides: int, dtype: Dtype, init: str, name: str
-) -> nn.Conv:
+def conv(features: int, kernel: int, strides: int, dtype: Dtype, init: str, name: str) -> nn.Conv:
     """A bias-free k x k convolution padded by k // 2 on every side (Caffe / PyTorch padding)."""
     pad = kernel // 2
     return nn.Conv(
