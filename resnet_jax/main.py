@@ -1,0 +1,92 @@
+"""Train a ResNet: `python -m resnet_jax.main --config=configs/cifar10.py:resnet20 --workdir=runs/r20`.
+
+Rerunning the same command resumes from the workdir's latest checkpoint. Override any config key
+with `--config.key=value`. Multi-host runs (TPU pod slices, SLURM, or explicit coordinator flags)
+call `jax.distributed.initialize()` before anything touches the devices.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. configs/cifar10.py:resnet110,A.")
+flags.DEFINE_string("workdir", None, "Where config.json, metrics, TensorBoard events and checkpoints go.")
+flags.DEFINE_bool("verbose", False, "Show the full traceback of configuration and data errors.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+
+USAGE_EXIT = 2
+
+
+def multi_process_environment() -> bool:
+    """True on a multi-host TPU slice or a multi-task SLURM job, where jax finds its peers itself."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def initialize_distributed() -> None:
+    import jax
+
+    if FLAGS.coordinator_address or multi_process_environment():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only affects CPU devices
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing, but a bad flag or config override is one sentence and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        message = str(e).splitlines()[0]
+        if "--config" in message or "config" in str(e).lower():
+            message = message.replace("'", "")
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}; flags are --config and --workdir", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
+    if FLAGS.config is None or not FLAGS.workdir:
+        print("error: give --config=<configs/file.py[:arg]> and --workdir=<dir>", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
+    initialize_distributed()
+
+    from resnet_jax import data, models, train
+
+    user_errors = (train.ConfigError, models.ModelError, data.DataError)
+    try:
+        summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except user_errors as e:
+        if FLAGS.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
+    except train.TrainingError as e:
+        if FLAGS.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if summary.get("done"):
+        err = summary.get("final_eval_top1_error")
+        print(f"done: step {summary['step']}, test top-1 error {err:.2f}%" if err is not None else "done")
+
+
+def run() -> None:
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

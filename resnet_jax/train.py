@@ -1,0 +1,633 @@
+"""The trainer: one jit-compiled, batch-sharded training step, from one CPU to a TPU pod.
+
+Sections, in the order a run uses them: configuration checks, mesh, model and optimizer,
+the train state, input feeding, the update and evaluation steps, checkpoints, metrics, and
+the loop (`train_and_evaluate`). Parameters, BN statistics and optimizer state are
+replicated over the mesh's `data` axis; every batch is sharded over it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax import data as data_lib
+from resnet_jax import models, optim
+from resnet_jax.metrics import MetricWriter, ProgressClock
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message is one sentence saying what to do."""
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite loss, unusable checkpoints, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration checks: everything that can be wrong is found before anything compiles.
+
+
+MODEL_KEYS = ("family", "depth", "shortcut", "stride_on", "bn", "bn_group_size", "init", "zero_init_residual")
+DATA_KEYS = ("name", "path", "val_split", "mean", "num_classes", "image_size")
+
+
+def bn_group_size(cfg: ml_collections.ConfigDict, num_devices: int) -> int:
+    """Examples per BN group: 0 (the whole global batch), one device's shard, or bn_group_size."""
+    mode = cfg.model.bn
+    if mode == "global":
+        return 0
+    if mode == "per_device":
+        return cfg.batch_size // num_devices
+    if mode == "ghost":
+        return int(cfg.model.bn_group_size)
+    raise ConfigError(f"model.bn must be 'global', 'per_device' or 'ghost'; got {mode!r}")
+
+
+def check_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raise ConfigError (one sentence) for settings that cannot run; data checks are data.validate's."""
+    m = cfg.model
+    try:
+        models.validate(m.family, m.depth, m.shortcut, m.stride_on, m.init)
+    except models.ModelError as e:
+        raise ConfigError(f"{e}") from None
+    if cfg.batch_size <= 0 or cfg.batch_size % num_devices:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} must be a positive multiple of the {num_devices} devices; "
+            f"use e.g. {max(num_devices, cfg.batch_size // num_devices * num_devices)}"
+        )
+    group = bn_group_size(cfg, num_devices)
+    if m.bn == "ghost" and (group <= 0 or (cfg.batch_size // num_devices) % group):
+        raise ConfigError(
+            f"model.bn_group_size {group} must divide the per-device batch of {cfg.batch_size // num_devices}"
+        )
+    if cfg.num_train_steps <= 0 and cfg.num_epochs <= 0:
+        raise ConfigError("set num_train_steps or num_epochs to a positive number")
+    if cfg.nan_policy not in ("stop", "skip"):
+        raise ConfigError(f"nan_policy must be 'stop' or 'skip'; got {cfg.nan_policy!r}")
+    if cfg.steps_per_call < 1:
+        raise ConfigError(f"steps_per_call must be >= 1; got {cfg.steps_per_call}")
+    if cfg.schedule.name not in ("piecewise", "cosine"):
+        raise ConfigError(f"schedule.name must be 'piecewise' or 'cosine'; got {cfg.schedule.name!r}")
+    if cfg.schedule.warmup not in ("none", "constant", "linear"):
+        raise ConfigError(f"schedule.warmup must be 'none', 'constant' or 'linear'; got {cfg.schedule.warmup!r}")
+    if m.dtype not in ("auto", *models.DTYPES):
+        raise ConfigError(f"model.dtype must be 'auto' or one of {', '.join(models.DTYPES)}; got {m.dtype!r}")
+
+
+def check_intervals(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
+    """Intervals longer than the run are mistakes (nothing would be logged or saved on time)."""
+    for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        value = cfg[key]
+        if value <= 0 or value > total_steps:
+            raise ConfigError(f"{key} is {value} but the run has {total_steps} steps; use 1..{total_steps}")
+    if cfg.steps_per_call > 1:
+        for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+            if cfg[key] % cfg.steps_per_call:
+                raise ConfigError(f"{key} ({cfg[key]}) must be a multiple of steps_per_call ({cfg.steps_per_call})")
+
+
+def compute_dtype(name: str) -> Any:
+    """'auto' is bfloat16 on GPU/TPU and float32 on CPU."""
+    if name == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return models.DTYPES[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh, model, optimizer.
+
+
+def create_mesh() -> Mesh:
+    """A 1-D mesh over every device of every process, axis `data` (Auto axis types)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def create_model(cfg: ml_collections.ConfigDict, num_classes: int, num_devices: int) -> models.ResNet:
+    m = cfg.model
+    return models.create(
+        m.family,
+        m.depth,
+        m.shortcut,
+        num_classes,
+        dtype=compute_dtype(m.dtype),
+        scan_blocks=m.scan_blocks,
+        scan_unroll=m.scan_unroll,
+        remat=m.remat,
+        stride_on=m.stride_on,
+        bn_momentum=m.bn_momentum,
+        bn_epsilon=m.bn_epsilon,
+        bn_group_size=bn_group_size(cfg, num_devices),
+        zero_init_residual=m.zero_init_residual,
+        init=m.init,
+    )
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the config: the data position is `step`."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # raw threefry key data (uint32[2]); augmentation keys are fold_in(rng, step)
+
+
+def init_state(model, tx, seed: int, image_shape: tuple[int, ...], mesh: Mesh) -> TrainState:
+    """Create the state directly replicated on the mesh (one jit, no host copy)."""
+
+    def init() -> TrainState:
+        # rbg keys make the init cheap to compile; the result is a pure function of `seed`.
+        variables = model.init(jax.random.key(seed, impl="rbg"), jnp.zeros((1, *image_shape), jnp.float32))
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(jax.random.key(seed + 1)),
+        )
+
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and metrics (float32).
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def topk_errors(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-example top-1 and top-5 error indicators (float32)."""
+    label_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
+    rank = jnp.sum(scores > label_score, axis=-1)  # how many classes beat the label
+    return (rank >= 1).astype(jnp.float32), (rank >= 5).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs. Device-resident data (CIFAR, image folders, synthetic) lives replicated on the
+# devices and each step sends only the batch's indices; streamed data (TFDS/tf.data) sends
+# the images. `Inputs` hides the difference from the loop.
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Where batches come from, and the jit-side function that turns a batch into images."""
+
+    num_train: int
+    num_eval: int
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    arrays: dict  # device arrays the jitted steps read (empty for streamed data)
+    train_batches: Callable[[int], Iterator[dict]]  # start step -> host batches (global or local)
+    eval_batches: Callable[[], Iterator[dict]]
+    train_images: Callable  # (rng, batch, arrays) -> (images, labels) inside jit
+    eval_images: Callable  # (batch, arrays) -> (images, labels, mask) inside jit
+    resident: bool
+
+
+def in_memory_inputs(cfg: ml_collections.ConfigDict, mesh: Mesh, dtype: Any) -> Inputs:
+    """Put a whole small dataset on the devices (uint8, replicated); augment inside the step."""
+    ds = data_lib.load_in_memory(cfg.data, cfg.seed)
+    replicated = NamedSharding(mesh, P())
+    arrays = {
+        "train_images": jax.device_put(ds.train_images, replicated),
+        "train_labels": jax.device_put(ds.train_labels.astype(np.int32), replicated),
+        "eval_images": jax.device_put(ds.eval_images, replicated),
+        "eval_labels": jax.device_put(ds.eval_labels.astype(np.int32), replicated),
+        "mean": jax.device_put(np.asarray(ds.mean, np.float32), replicated),
+        "std": jax.device_put(np.asarray(ds.std, np.float32), replicated),
+    }
+    n, m = len(ds.train_labels), len(ds.eval_labels)
+    batch, eval_batch = cfg.batch_size, eval_batch_size(cfg, mesh)
+    augment = ds.name != "synthetic"
+
+    def train_batches(start: int) -> Iterator[dict]:
+        for step in range(start, 2**62):
+            yield {"index": data_lib.train_batch_indices(cfg.seed, step, batch, n)}
+
+    def eval_batches() -> Iterator[dict]:
+        for lo in range(0, m, eval_batch):
+            idx = np.arange(lo, lo + eval_batch)
+            yield {"index": np.minimum(idx, m - 1).astype(np.int32), "mask": idx < m}
+
+    def train_images(rng, b, a):
+        images = a["train_images"][b["index"]]
+        if augment:
+            images = data_lib.augment_cifar(rng, images)
+        return data_lib.normalize(images, a["mean"], a["std"], dtype), a["train_labels"][b["index"]]
+
+    def eval_images(b, a):
+        images = data_lib.normalize(a["eval_images"][b["index"]], a["mean"], a["std"], dtype)
+        return images, a["eval_labels"][b["index"]], b["mask"]
+
+    return Inputs(
+        n, m, ds.num_classes, tuple(ds.train_images.shape[1:]), arrays,
+        train_batches, eval_batches, train_images, eval_images, resident=True,
+    )  # fmt: skip
+
+
+def streamed_inputs(cfg: ml_collections.ConfigDict, mesh: Mesh, dtype: Any) -> Inputs:
+    """TFDS through tf.data on the host: each process reads its own part of every batch."""
+    info = data_lib.dataset_info(cfg.data)
+    eval_batch = eval_batch_size(cfg, mesh)
+
+    def train_images(rng, b, a):
+        return b["image"].astype(dtype), b["label"]
+
+    def eval_images(b, a):
+        return b["image"].astype(dtype), b["label"], b["mask"]
+
+    return Inputs(
+        info["num_train"], info["num_eval"], info["num_classes"], tuple(info["image_shape"]), {},
+        lambda start: data_lib.tfds_train_iterator(cfg.data, cfg.batch_size, cfg.seed, start),
+        lambda: data_lib.tfds_eval_iterator(cfg.data, eval_batch),
+        train_images, eval_images, resident=False,
+    )  # fmt: skip
+
+
+def eval_batch_size(cfg: ml_collections.ConfigDict, mesh: Mesh) -> int:
+    """The evaluation batch, rounded up to a multiple of the device count."""
+    b = cfg.data.eval_batch_size or cfg.batch_size
+    d = mesh.devices.size
+    return -(-b // d) * d
+
+
+def is_resident(cfg: ml_collections.ConfigDict) -> bool:
+    return data_lib.is_in_memory(cfg.data)
+
+
+def to_global(batch: dict, mesh: Mesh, resident: bool, batch_axis: int = 0) -> dict:
+    """Host batch -> arrays sharded over `data` along `batch_axis`.
+
+    Device-resident inputs: every process computes the same global index batch and contributes
+    its own slice. Streamed inputs: each process already holds only its own examples.
+    """
+    sharding = NamedSharding(mesh, P(*([None] * batch_axis), "data"))
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if resident and jax.process_count() > 1:
+            per = value.shape[batch_axis] // jax.process_count()
+            lo = jax.process_index() * per
+            value = np.take(value, np.arange(lo, lo + per), axis=batch_axis)
+        out[key] = jax.make_array_from_process_local_data(sharding, value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The update and evaluation steps.
+
+
+def train_step(
+    state: TrainState, batch: dict, arrays: dict, *, model, tx, inputs: Inputs, mesh: Mesh, skip_nonfinite: bool
+) -> tuple[TrainState, dict]:
+    """One SGD step on one global batch; returns the new state and this step's metric sums."""
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    images, labels = inputs.train_images(rng, batch, arrays)
+    images = jax.lax.with_sharding_constraint(images, NamedSharding(mesh, P("data")))
+
+    def loss_fn(params):
+        logits, new_vars = model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+        )
+        return cross_entropy(logits, labels).mean(), (logits, new_vars["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    if skip_nonfinite:  # keep the old weights, move on to the next batch
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state.replace(step=state.step + 1))
+    top1, _ = topk_errors(logits.astype(jnp.float32), labels)
+    metrics = {
+        "loss": jnp.where(finite, loss, 0.0) * labels.shape[0],
+        "top1_errors": top1.sum(),
+        "count": jnp.float32(labels.shape[0]),
+        "nonfinite": (~finite).astype(jnp.int32),
+        "first_nonfinite": jnp.where(finite, jnp.int32(2**30), state.step),
+    }
+    return new, metrics
+
+
+def accumulate(total: dict | None, metrics: dict) -> dict:
+    """Sum metric dicts on the device (no host sync); first_nonfinite keeps the minimum."""
+    if total is None:
+        return metrics
+    out = jax.tree.map(jnp.add, total, metrics)
+    out["first_nonfinite"] = jnp.minimum(total["first_nonfinite"], metrics["first_nonfinite"])
+    return out
+
+
+def multi_step(state, batches, arrays, **kwargs):
+    """`steps_per_call` steps under one jit (lax.scan over a leading axis of the batches)."""
+
+    def body(carry, batch):
+        state, total = carry
+        state, metrics = train_step(state, batch, arrays, **kwargs)
+        return (state, accumulate(total, metrics)), None
+
+    first = jax.tree.map(lambda x: x[0], batches)
+    state, total = train_step(state, first, arrays, **kwargs)
+    rest = jax.tree.map(lambda x: x[1:], batches)
+    (state, total), _ = jax.lax.scan(body, (state, total), rest)
+    return state, total
+
+
+def eval_step(state: TrainState, batch: dict, arrays: dict, *, model, inputs: Inputs) -> dict:
+    """Masked sums of loss and top-1/top-5 errors; ten-crop batches average the crops' softmax."""
+    images, labels, mask = inputs.eval_images(batch, arrays)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if images.ndim == 5:  # [batch, crops, H, W, 3]
+        b, c = images.shape[:2]
+        logits = model.apply(variables, images.reshape((b * c, *images.shape[2:])), train=False)
+        probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape((b, c, -1)).mean(1)
+        loss = -jnp.log(jnp.take_along_axis(probs, labels[:, None], -1)[:, 0] + 1e-12)
+        scores = probs
+    else:
+        logits = model.apply(variables, images, train=False)
+        loss, scores = cross_entropy(logits, labels), logits.astype(jnp.float32)
+    top1, top5 = topk_errors(scores, labels)
+    w = mask.astype(jnp.float32)
+    return {"loss": (loss * w).sum(), "top1_errors": (top1 * w).sum(), "top5_errors": (top5 * w).sum(), "count": w.sum()}
+
+
+def evaluate(state: TrainState, inputs: Inputs, step_fn, mesh: Mesh) -> dict:
+    """Loss and top-1/top-5 error (percent) over the whole evaluation split, each example once."""
+    total = None
+    for batch in inputs.eval_batches():
+        sums = step_fn(state, to_global(batch, mesh, inputs.resident), inputs.arrays)
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    total = jax.device_get(total)
+    n = float(total["count"])
+    return {
+        "eval/loss": float(total["loss"]) / n,
+        "eval/top1_error": 100.0 * float(total["top1_errors"]) / n,
+        "eval/top5_error": 100.0 * float(total["top5_errors"]) / n,
+        "eval/count": int(round(n)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: orbax, asynchronous, the latest `keep` plus the best by eval error.
+
+
+def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+    pp = ocp.checkpoint_managers
+    policy = pp.AnyPreservationPolicy(
+        [
+            pp.LatestN(n=keep),
+            pp.BestN(get_metric_fn=lambda m: -m["eval/top1_error"], n=1, keep_checkpoints_without_metrics=False),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, enable_async_checkpointing=True, cleanup_tmp_directories=True
+    )
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def save_checkpoint(mngr: ocp.CheckpointManager, state: TrainState, clock: dict, metrics: dict | None) -> None:
+    step = int(jax.device_get(state.step))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), clock=ocp.args.JsonSave(clock))
+    mngr.save(step, args=args, metrics=metrics, force=True)
+
+
+def restore_checkpoint(mngr: ocp.CheckpointManager, abstract: TrainState) -> tuple[TrainState, dict] | None:
+    """The latest readable checkpoint, falling back to older ones (with a warning) if it is damaged."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+        try:
+            restored = mngr.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), clock=ocp.args.JsonRestore())
+            )
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
+            where = os.path.join(str(mngr.directory), str(step))
+            print(f"warning: checkpoint {where} is unreadable ({type(e).__name__}); trying the previous one")
+            if i == len(steps) - 1:
+                raise TrainingError(
+                    f"no usable checkpoint in {mngr.directory}; move it away to start afresh"
+                ) from None
+            continue
+        return restored["state"], dict(restored["clock"] or {})
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+class Preemption:
+    """SIGTERM/SIGINT: finish the step, checkpoint, exit 0. A second SIGINT exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> Preemption:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. under a notebook's executor)
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuse to resume a run whose model or data config differs (unless allow_config_change)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path) or cfg.allow_config_change:
+        return
+    with open(path) as f:
+        old = json.load(f)
+    new = json.loads(cfg.to_json())
+    differ = [
+        f"{section}.{key}"
+        for section, keys in (("model", MODEL_KEYS), ("data", DATA_KEYS))
+        for key in keys
+        if old.get(section, {}).get(key) != new.get(section, {}).get(key)
+    ]
+    if differ:
+        raise ConfigError(
+            f"{workdir} holds a run with a different config ({', '.join(differ)}); use another --workdir "
+            "or pass --config.allow_config_change=True"
+        )
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    try:
+        a, b = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ConfigError(f"profile_steps must look like '100:110'; got {spec!r}") from None
+    return a, b
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train `cfg` in `workdir`, resuming from its latest checkpoint; returns the summary dict."""
+    # -- checks (no compilation yet) --
+    num_devices = jax.device_count()
+    check_config(cfg, num_devices)
+    data_lib.validate(cfg.data)
+    profile = parse_profile_steps(cfg.profile_steps)
+    os.makedirs(workdir, exist_ok=True)
+    check_workdir_config(cfg, workdir)
+
+    mesh = create_mesh()
+    dtype = compute_dtype(cfg.model.dtype)
+    resident = is_resident(cfg)
+    if cfg.steps_per_call > 1 and not resident:
+        raise ConfigError("steps_per_call > 1 needs device-resident data (CIFAR, image folders or synthetic)")
+    inputs = (in_memory_inputs if resident else streamed_inputs)(cfg, mesh, dtype)
+    num_classes = cfg.data.num_classes or inputs.num_classes
+    steps_per_epoch, total_steps = optim.steps_for(cfg, inputs.num_train)
+    check_intervals(cfg, total_steps)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(cfg.to_json(indent=2))
+
+    # -- model, optimizer, state --
+    model = create_model(cfg, num_classes, num_devices)
+    tx, schedule = optim.create(cfg, cfg.batch_size, steps_per_epoch, total_steps)
+    mngr = checkpoint_manager(workdir, cfg.keep_checkpoints)
+    abstract = jax.eval_shape(
+        lambda: init_state(model, tx, cfg.seed, inputs.image_shape, mesh)
+    )  # shapes only: nothing is computed
+    replicated = NamedSharding(mesh, P())
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract)
+    restored = restore_checkpoint(mngr, abstract) if mngr.all_steps() else None
+    if restored is None:
+        state, clock_state = init_state(model, tx, cfg.seed, inputs.image_shape, mesh), {}
+    else:
+        state, clock_state = restored
+    start_step = int(jax.device_get(state.step))
+    params_count = models.count_params(state.params)
+
+    # -- steps --
+    step_kwargs = dict(model=model, tx=tx, inputs=inputs, mesh=mesh, skip_nonfinite=cfg.nan_policy == "skip")
+    k = cfg.steps_per_call
+    update = jax.jit(
+        functools.partial(multi_step if k > 1 else train_step, **step_kwargs), donate_argnums=(0,)
+    )
+    evaluate_step = jax.jit(functools.partial(eval_step, model=model, inputs=inputs))
+
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    clock = ProgressClock(total_steps, start_step, cfg.batch_size, num_devices, clock_state)
+    writer.console(
+        f"{cfg.model.family} ResNet-{cfg.model.depth} ({cfg.model.shortcut}), {params_count:,} params, "
+        f"{inputs.num_train:,} train / {inputs.num_eval:,} eval images, {total_steps:,} steps "
+        f"({total_steps / steps_per_epoch:.1f} epochs) at batch {cfg.batch_size} on {num_devices} "
+        f"{jax.devices()[0].device_kind} device(s), {jnp.dtype(dtype).name}"
+        + (f"; resuming from step {start_step}" if start_step else "")
+    )
+
+    def stack(batches: list[dict]) -> dict:
+        return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+
+    batches = inputs.train_batches(start_step)
+    total = None
+    last_eval: dict = {}
+    best_error = clock_state.get("best_eval_top1_error") or math.inf
+    last_good_checkpoint = mngr.latest_step()
+    step = start_step
+    with Preemption() as preemption:
+        while step < total_steps:
+            if profile and step == profile[0]:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+            if k == 1:
+                batch = to_global(next(batches), mesh, inputs.resident)
+            else:  # [steps, batch]: shard the batch axis
+                batch = to_global(stack([next(batches) for _ in range(k)]), mesh, inputs.resident, 1)
+            if step == start_step:
+                t0 = time.perf_counter()
+                state, metrics = update(state, batch, inputs.arrays)
+                jax.block_until_ready(state)
+                writer.console(f"first step compiled and ran in {time.perf_counter() - t0:.1f} s")
+                clock.start(step + k)
+            else:
+                state, metrics = update(state, batch, inputs.arrays)
+            total = accumulate(total, metrics)
+            step += k
+            if profile and step == profile[1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+
+            final = step >= total_steps
+            do_eval = step % cfg.eval_every_steps == 0 or final
+            do_ckpt = step % cfg.checkpoint_every_steps == 0 or final or do_eval or preemption.requested
+            if step % cfg.log_every_steps == 0 or final or do_ckpt:
+                summed = jax.device_get(total)
+                total = None
+                if summed["nonfinite"] and cfg.nan_policy == "stop":
+                    raise TrainingError(
+                        f"non-finite loss at step {int(summed['first_nonfinite'])}; "
+                        f"last good checkpoint: step {last_good_checkpoint}"
+                    )
+                record = clock.log(step, summed, float(schedule(step - 1)), steps_per_epoch)
+                writer.write(step, record)
+                writer.console(clock.progress_line(step, record))
+            if do_eval:
+                last_eval = evaluate(state, inputs, evaluate_step, mesh)
+                best_error = min(best_error, last_eval["eval/top1_error"])
+                writer.write(step, {"epoch": step / steps_per_epoch, **last_eval})
+                writer.console(
+                    f"eval at step {step}: loss {last_eval['eval/loss']:.4f}, top-1 error "
+                    f"{last_eval['eval/top1_error']:.2f}%, top-5 error {last_eval['eval/top5_error']:.2f}%"
+                )
+            if do_ckpt:
+                save_checkpoint(mngr, state, clock.state(best_error), last_eval if do_eval else None)
+                last_good_checkpoint = step
+            if preemption.requested and not final:
+                mngr.wait_until_finished()
+                writer.console(f"preempted at step {step}; checkpoint saved; rerun the same command to resume")
+                writer.close()
+                return {"done": False, "step": step}
+    if not last_eval:  # resumed a run that had already finished
+        last_eval = evaluate(state, inputs, evaluate_step, mesh)
+    mngr.wait_until_finished()
+    mngr.close()
+    summary = {
+        "done": True,
+        "step": step,
+        "final_eval_loss": last_eval.get("eval/loss"),
+        "final_eval_top1_error": last_eval.get("eval/top1_error"),
+        "final_eval_top5_error": last_eval.get("eval/top5_error"),
+        "best_eval_top1_error": best_error if math.isfinite(best_error) else None,
+        "final_train_top1_error": clock.last_train_error,
+        "params": params_count,
+        **clock.summary(),
+    }
+    writer.summary(summary)
+    writer.close()
+    return summary
