@@ -6,8 +6,8 @@ hash of the source (the archive's sha256, or a directory's file names, sizes and
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -15,7 +15,6 @@ import os
 import pathlib
 import tarfile
 import time
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -61,6 +60,13 @@ def check_source(path: str | os.PathLike) -> pathlib.Path:
 
 
 def _tar_names(path: pathlib.Path) -> list[str]:
+    st = path.stat()
+    return _tar_names_memo(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _tar_names_memo(path: str, size: int, mtime_ns: int) -> list[str]:
+    """Member names of a tar (listing a .tar.gz reads it whole, so validate + load list it once)."""
     try:
         with tarfile.open(path, "r:*") as tar:
             return [m.name for m in tar if m.isfile()]
@@ -152,34 +158,29 @@ def _decode(name: str, blob: bytes) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(blob)) as im:
-            return np.asarray(im.convert("RGB"))
+            im.load()
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"image {name!r} cannot be decoded ({type(e).__name__}).") from e
 
 
-def _decode_all(names: Iterable[str], blobs: dict[str, bytes], workers: int) -> np.ndarray:
-    names = list(names)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
-        images = list(pool.map(lambda n: _decode(n, blobs[n]), names, chunksize=256))
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        first = images[0].shape
-        odd = next(n for n, im in zip(names, images, strict=True) if im.shape != first)
-        raise DataError(
-            f"image {odd!r} is not {first[0]}x{first[1]} like the others: resize the folder first."
-        )
+def _decode_all(names: list[str], blobs: dict[str, bytes]) -> np.ndarray:
+    images = [_decode(n, blobs[n]) for n in names]  # ~0.25 ms each; pools lose to pickling and the GIL
+    first = images[0].shape
+    odd = next((n for n, im in zip(names, images, strict=True) if im.shape != first), None)
+    if odd is not None:
+        raise DataError(f"image {odd!r} is not {first[0]}x{first[1]} like the others: resize the folder.")
     return np.stack(images)
 
 
-def decode_folder(index: FolderIndex, workers: int | None = None) -> FolderArrays:
+def decode_folder(index: FolderIndex) -> FolderArrays:
     """Decode every image of both splits with Pillow into uint8 arrays."""
-    workers = workers or os.cpu_count() or 1
     blobs = _read_bytes(index)
     arrays = {}
     for split in SPLITS:
         names = [n for n, _ in index.files[split]]
         arrays[split] = (
-            _decode_all(names, blobs, workers),
+            _decode_all(names, blobs),
             np.array([label for _, label in index.files[split]], np.int32),
         )
     return FolderArrays(*arrays["train"], *arrays["test"], index.class_names)
