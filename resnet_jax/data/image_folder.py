@@ -71,7 +71,7 @@ def _tar_names_memo(path: str, size: int, mtime_ns: int) -> list[str]:
         with tarfile.open(path, "r:*") as tar:
             return [m.name for m in tar if m.isfile()]
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"data.path {str(path)!r} is not a readable tar archive ({e}).") from e
+        raise DataError(f"data.path {str(path)!r} is not a readable tar archive ({type(e).__name__}).") from e
 
 
 def _dir_names(path: pathlib.Path) -> list[str]:
