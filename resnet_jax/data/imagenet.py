@@ -93,11 +93,13 @@ def tfds_builder(name: str, tfds_dir: str = "", allow_download: bool = False):
 
 
 def tfds_numpy(builder, split: str) -> dict[str, np.ndarray]:
-    """A whole split as numpy arrays."""
+    """A whole split's images and labels as numpy arrays."""
     import tensorflow_datasets as tfds
 
     tf_module()
-    return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    ds = builder.as_dataset(split=split).map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    chunks = list(tfds.as_numpy(ds.batch(10_000)))
+    return {k: np.concatenate([c[k] for c in chunks]) for k in ("image", "label")}
 
 
 # ---- Splits: which examples train, which evaluate, and each process's part. ----
