@@ -1,0 +1,386 @@
+"""ImageNet (and any TFDS image-classification dataset) streamed with tf.data, one pipeline per process.
+
+Training ("paper", section 3.4): shorter side resized to a random length in [256, 480], random 224 crop,
+horizontal flip, mean subtraction, AlexNet PCA colour noise (std 0.1). "inception": random resized crop
+(area [0.08, 1], aspect [3/4, 4/3]) and flip. Both are fused into the JPEG decode
+(tf.image.decode_and_crop_jpeg decodes only the crop window). Evaluation: "center" (shorter side 256,
+centre 224) or "ten" (four corners + centre of the image resized to shorter side 256, and their flips).
+
+Resumption: epoch e of process p reads its part of the split in a file order and through a shuffle
+buffer whose seeds, like each example's augmentation seed, derive from (seed, e, p); resuming at step s
+rebuilds epoch s // S and skips its first (s % S) * local_batch records before decoding, so the stream
+is exactly that of an uninterrupted run given the same TFDS files, process count, batch size and
+TensorFlow version. Epochs have S = num_train // global_batch steps; the remainder is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from resnet_jax.data.common import DataError, get
+
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+# AlexNet "fancy PCA" lighting noise: eigenvalues (of [0, 1] pixels, scaled here to [0, 255]) and
+# eigenvectors (columns) of the ImageNet RGB covariance, as in fb.resnet.torch.
+PCA_EIGVAL = tuple(255.0 * v for v in (0.2175, 0.0188, 0.0045))
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+PCA_STD = 0.1
+PAPER_SCALES = (256, 480)
+EVAL_RESIZE = 256  # shorter side for evaluation, at image_size 224 (scaled with image_size)
+
+_tf_module = None
+
+
+def tf_module():
+    """TensorFlow, imported on first use and kept off the GPUs (they belong to JAX)."""
+    global _tf_module
+    if _tf_module is None:
+        import tensorflow as tf
+
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except (RuntimeError, ValueError):  # already initialised: nothing more to hide
+            pass
+        _tf_module = tf
+    return _tf_module
+
+
+def _manual_error(name: str, data_dir: str) -> DataError:
+    d = data_dir or "~/tensorflow_datasets"
+    if name == "imagenet2012":
+        return DataError(
+            f"imagenet2012 is not prepared in {d}: download ILSVRC2012_img_train.tar and "
+            "ILSVRC2012_img_val.tar from https://image-net.org into a directory MANUAL and run "
+            f"`tfds build imagenet2012 --data_dir={d} --manual_dir=MANUAL` (see docs/data.md)."
+        )
+    return DataError(
+        f"{name} is not prepared in {d} and needs a manual download: put its files in a directory "
+        f"MANUAL and run `tfds build {name} --data_dir={d} --manual_dir=MANUAL`."
+    )
+
+
+def tfds_builder(name: str, tfds_dir: str = "", allow_download: bool = False):
+    """The TFDS builder of `name`, prepared (downloading it only when allowed and possible)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=tfds_dir or None)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DataError(
+            f"unknown dataset {name!r}: use cifar10, cifar100, image_folder, synthetic or a TFDS name."
+        ) from e
+    if builder.is_prepared():
+        return builder
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        raise _manual_error(name, tfds_dir)
+    if not allow_download:
+        return builder
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # offline, or the source is gone
+        d = tfds_dir or "~/tensorflow_datasets"
+        raise DataError(
+            f"{name} is not in {d} and could not be downloaded ({type(e).__name__}): "
+            f"run `tfds build {name} --data_dir={d}` on a machine with internet access."
+        ) from e
+    return builder
+
+
+def tfds_numpy(builder, split: str) -> dict[str, np.ndarray]:
+    """A whole split's images and labels as numpy arrays."""
+    import tensorflow_datasets as tfds
+
+    tf_module()
+    ds = builder.as_dataset(split=split).map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    chunks = list(tfds.as_numpy(ds.batch(10_000)))
+    return {k: np.concatenate([c[k] for c in chunks]) for k in ("image", "label")}
+
+
+# ---- Splits: which examples train, which evaluate, and each process's part. ----
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """Examples [start, stop) of a TFDS split."""
+
+    split: str
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def part(self, index: int, count: int, equal: bool) -> str:
+        """Process `index` of `count`'s slice: equal sizes (dropping the rest) or covering every example."""
+        if equal:
+            m = len(self) // count
+            a, b = index * m, (index + 1) * m
+        else:
+            a, b = index * len(self) // count, (index + 1) * len(self) // count
+        return f"{self.split}[{self.start + a}:{self.start + b}]"
+
+
+def spans(builder, cfg_data: Any) -> tuple[Span, Span]:
+    """(train, eval) spans: data.val_split > 0 holds out the last val_split training examples."""
+    splits = builder.info.splits
+    if "train" not in splits:
+        raise DataError(f"{builder.name} has no 'train' split.")
+    n_train = splits["train"].num_examples
+    val = int(get(cfg_data, "val_split", 0))
+    if val:
+        if not 0 < val < n_train:
+            raise DataError(f"data.val_split must be in [0, {n_train}) for {builder.name}, not {val}.")
+        return Span("train", 0, n_train - val), Span("train", n_train - val, n_train)
+    eval_split = next((s for s in ("validation", "test") if s in splits), None)
+    if eval_split is None:
+        raise DataError(f"{builder.name} has neither a 'validation' nor a 'test' split: set data.val_split.")
+    return Span("train", 0, n_train), Span(eval_split, 0, splits[eval_split].num_examples)
+
+
+def _local_batch(global_batch_size: int) -> tuple[int, int, int]:
+    import jax
+
+    count, index = jax.process_count(), jax.process_index()
+    if global_batch_size <= 0 or global_batch_size % count:
+        raise DataError(f"batch size {global_batch_size} must be a positive multiple of {count} processes.")
+    return global_batch_size // count, index, count
+
+
+def _seeds(*values: int) -> list[int]:
+    """Three 31-bit seeds derived from `values` (a pure function)."""
+    words = np.random.SeedSequence([int(v) % (1 << 63) for v in values]).generate_state(3)
+    return [int(w) >> 1 for w in words]
+
+
+# ---- Decoding and augmentation (TensorFlow graph functions). ----
+
+
+def _image_shape(tf, data):
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.image.extract_jpeg_shape(data)[:2],
+        lambda: tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False))[:2],
+    )
+
+
+def _decode_window(tf, data, window):
+    """Decode only the window [y, x, h, w] of a JPEG (any other format: decode, then crop)."""
+
+    def other():
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+    return tf.cond(
+        tf.io.is_jpeg(data), lambda: tf.image.decode_and_crop_jpeg(data, window, channels=3), other
+    )
+
+
+def _resize(tf, image, hw):
+    return tf.image.resize(image, hw, method="bilinear", antialias=True)
+
+
+def _paper_window(tf, shape, seed, size: int):
+    """Crop of an image whose shorter side is resized to a random L in [256, 480]: a size/L-scaled square."""
+    s_len, s_y, s_x = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    h, w = shape[0], shape[1]
+    short = tf.minimum(h, w)
+    length = tf.random.stateless_uniform([], s_len, PAPER_SCALES[0], PAPER_SCALES[1] + 1, tf.int32)
+    side = tf.cast(tf.round(size * tf.cast(short, tf.float32) / tf.cast(length, tf.float32)), tf.int32)
+    side = tf.clip_by_value(side, 1, short)
+    y = tf.random.stateless_uniform([], s_y, 0, h - side + 1, tf.int32)
+    x = tf.random.stateless_uniform([], s_x, 0, w - side + 1, tf.int32)
+    return tf.stack([y, x, side, side])
+
+
+def _inception_window(tf, shape, seed):
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.stack([shape[0], shape[1], 3]),
+        bounding_boxes=tf.zeros([1, 0, 4]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return tf.stack([begin[0], begin[1], extent[0], extent[1]])
+
+
+def _pca_lighting(tf, image, seed):
+    alpha = tf.random.stateless_normal([3], seed, stddev=PCA_STD)
+    rgb = tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL))
+    return image + rgb
+
+
+def _normalize(tf, image, mode: str, dtype):
+    mean = tf.constant(IMAGENET_MEAN_RGB)
+    image = image - mean if mode == "pixel" else (image - mean) / tf.constant(IMAGENET_STD_RGB)
+    return tf.cast(image, dtype)
+
+
+def train_preprocess(tf, data, seed, augment: str, size: int, mode: str, dtype):
+    """JPEG bytes -> augmented, normalised [size, size, 3] image; randomness from the [2] int64 `seed`."""
+    s_crop, s_flip, s_light = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    shape = _image_shape(tf, data)
+    if augment == "paper":
+        window = _paper_window(tf, shape, s_crop, size)
+    elif augment == "inception":
+        window = _inception_window(tf, shape, s_crop)
+    else:
+        raise DataError(f"data.augment must be 'paper' or 'inception', not {augment!r}.")
+    image = _resize(tf, _decode_window(tf, data, window), [size, size])
+    image = tf.image.stateless_random_flip_left_right(image, s_flip)
+    if augment == "paper":
+        image = _pca_lighting(tf, image, s_light)
+    return _normalize(tf, image, mode, dtype)
+
+
+def _eval_resize(size: int) -> int:
+    return round(size * EVAL_RESIZE / 224)
+
+
+def center_preprocess(tf, data, size: int, mode: str, dtype):
+    """The centre size x size crop of the image resized to shorter side 256 (decoding only that window)."""
+    shape = _image_shape(tf, data)
+    h, w = shape[0], shape[1]
+    side = tf.cast(tf.round(tf.cast(tf.minimum(h, w), tf.float32) * size / _eval_resize(size)), tf.int32)
+    window = tf.stack([(h - side) // 2, (w - side) // 2, side, side])
+    return _normalize(tf, _resize(tf, _decode_window(tf, data, window), [size, size]), mode, dtype)
+
+
+def ten_crop_preprocess(tf, data, size: int, mode: str, dtype):
+    """[10, size, size, 3]: four corners and the centre of the image at shorter side 256, then their flips."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = _eval_resize(size) / tf.reduce_min(hw)
+    new = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
+    image = _resize(tf, image, new)
+    h, w = new[0] - size, new[1] - size
+    corners = [(0, 0), (0, w), (h, 0), (h, w), (h // 2, w // 2)]
+    crops = tf.stack([tf.slice(image, [y, x, 0], [size, size, 3]) for y, x in corners])
+    return _normalize(tf, tf.concat([crops, crops[:, :, ::-1]], axis=0), mode, dtype)
+
+
+# ---- The iterators. ----
+
+
+def _as_dataset(builder, split: str, shuffle_seed: int | None):
+    import tensorflow_datasets as tfds
+
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, skip_prefetch=True, try_autocache=False)
+    return builder.as_dataset(
+        split=split,
+        shuffle_files=shuffle_seed is not None,
+        read_config=read_config,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+
+
+def _tf_dtype(tf, dtype: Any):
+    return tf.dtypes.as_dtype(np.dtype(dtype).name if not isinstance(dtype, str) else dtype)
+
+
+def train_epoch_dataset(
+    builder,
+    cfg_data: Any,
+    split: str,
+    local_batch: int,
+    steps: int,
+    skip: int,
+    seed: int,
+    epoch: int,
+    process: int,
+    dtype: Any = "float32",
+):
+    """tf.data pipeline of one epoch's batches [skip, steps) of this process (deterministic in its seeds)."""
+    tf = tf_module()
+    file_seed, shuffle_seed, aug_seed = _seeds(seed, epoch, process)
+    augment, size = get(cfg_data, "augment", "paper"), int(get(cfg_data, "image_size", 224))
+    mode, out_dtype = get(cfg_data, "mean", "pixel"), _tf_dtype(tf, dtype)
+
+    def prepare(i, example):
+        seed_pair = tf.stack([tf.constant(aug_seed, tf.int64), i])
+        image = train_preprocess(tf, example["image"], seed_pair, augment, size, mode, out_dtype)
+        return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+    ds = _as_dataset(builder, split, file_seed).enumerate()
+    ds = ds.shuffle(int(get(cfg_data, "shuffle_buffer", 16_384)), seed=shuffle_seed)
+    ds = ds.skip(skip * local_batch).take((steps - skip) * local_batch)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def train_iterator(
+    cfg_data: Any, global_batch_size: int, seed: int, start_step: int = 0, dtype: Any = "float32"
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's training batches from global step `start_step` on, forever (see the module notes)."""
+    local_batch, index, count = _local_batch(global_batch_size)
+    builder = tfds_builder(get(cfg_data, "name", ""), get(cfg_data, "tfds_dir", ""), allow_download=True)
+    train, _ = spans(builder, cfg_data)
+    steps = len(train) // global_batch_size
+    if steps == 0:
+        raise DataError(f"batch size {global_batch_size} exceeds the {len(train)} training examples.")
+    epoch, skip = divmod(int(start_step), steps)
+    split = train.part(index, count, equal=True)
+    while True:
+        ds = train_epoch_dataset(
+            builder, cfg_data, split, local_batch, steps, skip, seed, epoch, index, dtype
+        )
+        yield from ds.as_numpy_iterator()
+        epoch, skip = epoch + 1, 0
+
+
+def eval_batches(num_examples: int, global_batch_size: int, process_count: int) -> int:
+    """Evaluation batches per process: enough for the largest process part, the same on every process."""
+    return math.ceil(math.ceil(num_examples / process_count) / (global_batch_size // process_count))
+
+
+def eval_iterator(
+    cfg_data: Any, global_batch_size: int, dtype: Any = "float32"
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every evaluation example once, in this process's part; the last batches padded, with a mask."""
+    tf = tf_module()
+    local_batch, index, count = _local_batch(global_batch_size)
+    builder = tfds_builder(get(cfg_data, "name", ""), get(cfg_data, "tfds_dir", ""), allow_download=True)
+    _, span = spans(builder, cfg_data)
+    size, mode = int(get(cfg_data, "image_size", 224)), get(cfg_data, "mean", "pixel")
+    crop, out_dtype = get(cfg_data, "eval_crop", "center"), _tf_dtype(tf, dtype)
+    if crop not in ("center", "ten"):
+        raise DataError(f"data.eval_crop must be 'center' or 'ten', not {crop!r}.")
+    preprocess = center_preprocess if crop == "center" else ten_crop_preprocess
+    shape = [size, size, 3] if crop == "center" else [10, size, size, 3]
+
+    def prepare(example):
+        image = preprocess(tf, example["image"], size, mode, out_dtype)
+        return {"image": image, "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
+
+    padding = {"image": tf.zeros(shape, out_dtype), "label": tf.constant(0), "mask": tf.constant(False)}
+    num = eval_batches(len(span), global_batch_size, count) * local_batch
+    ds = _as_dataset(builder, span.part(index, count, equal=False), None)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(num)
+    yield from ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def info(cfg_data: Any) -> dict:
+    """Counts and shapes from the TFDS metadata (no examples are read)."""
+    builder = tfds_builder(get(cfg_data, "name", ""), get(cfg_data, "tfds_dir", ""))
+    if not builder.info.splits:
+        raise DataError(
+            f"{builder.name} is not prepared yet: its first load downloads it, or run `tfds build`."
+        )
+    train, evaluation = spans(builder, cfg_data)
+    size = int(get(cfg_data, "image_size", 224))
+    classes = int(get(cfg_data, "num_classes", 0)) or builder.info.features["label"].num_classes
+    return {
+        "num_train": len(train),
+        "num_eval": len(evaluation),
+        "num_classes": classes,
+        "image_shape": (size, size, 3),
+    }

@@ -1,0 +1,147 @@
+"""The TFDS / tf.data pipeline through its real JPEG decode path, on tiny upscaled CIFAR JPEGs."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from resnet_jax import data
+from resnet_jax.data import imagenet
+
+pytest.importorskip("tensorflow_datasets")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZES = [(400, 300), (300, 400), (480, 480), (341, 256)]  # (W, H): landscape, portrait, square, small
+N_TRAIN, N_VAL = 24, 11  # 11: the last eval batch is padded
+
+
+@pytest.fixture(scope="module")
+def tiny(cifar_tar, tmp_path_factory):
+    from resnet_jax.data import folder_tfds
+
+    cifar = data.load_in_memory(
+        {"name": "cifar10", "path": str(cifar_tar), "cache_dir": str(ROOT / ".cache" / "data")}, seed=0
+    )
+    tmp = tmp_path_factory.mktemp("tiny_jpegs")
+    names = cifar.class_names[:3]
+    folder_tfds.write_upscaled(
+        cifar.train_images[:N_TRAIN], np.arange(N_TRAIN) % 3, names, tmp / "src/train", SIZES
+    )
+    folder_tfds.write_upscaled(
+        cifar.eval_images[:N_VAL], np.arange(N_VAL) % 3, names, tmp / "src/validation", SIZES
+    )
+    folder_tfds.build(tmp / "src", tmp / "tfds")
+    return {"name": "jpeg_folder", "tfds_dir": str(tmp / "tfds"), "shuffle_buffer": 16, "image_size": 224}
+
+
+def take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def test_dataset_info(tiny):
+    assert data.dataset_info(tiny) == {
+        "num_train": 24,
+        "num_eval": 11,
+        "num_classes": 3,
+        "image_shape": (224, 224, 3),
+    }
+    assert data.dataset_info({**tiny, "val_split": 4})["num_eval"] == 4
+    assert not data.is_in_memory(tiny)
+
+
+@pytest.mark.parametrize("augment", ["paper", "inception"])
+def test_train_batches(tiny, augment):
+    (batch,) = take(data.tfds_train_iterator({**tiny, "augment": augment}, 8, seed=0, start_step=0), 1)
+    assert batch["image"].shape == (8, 224, 224, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
+    assert np.isfinite(batch["image"]).all() and set(batch["label"].tolist()) <= {0, 1, 2}
+    assert -130 < batch["image"].min() and batch["image"].max() < 160  # mean-subtracted 0..255 pixels
+
+
+def test_resume_matches_an_uninterrupted_run_across_an_epoch_boundary(tiny):
+    run = take(data.tfds_train_iterator(tiny, 8, seed=5, start_step=0), 5)  # 3 steps per epoch
+    resumed = take(data.tfds_train_iterator(tiny, 8, seed=5, start_step=2), 3)
+    for a, b in zip(run[2:], resumed, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    epoch0 = np.concatenate([b["label"] for b in run[:3]])
+    assert np.bincount(epoch0).tolist() == [8, 8, 8]  # every training example once per epoch
+    other = take(data.tfds_train_iterator(tiny, 8, seed=6, start_step=0), 1)[0]
+    assert not np.array_equal(other["image"], run[0]["image"])
+
+
+def _window_sides(fn, shape, n=300):
+    tf = imagenet.tf_module()
+    return np.array([fn(tf, tf.constant(shape), tf.constant([1, i], tf.int64)).numpy() for i in range(n)])
+
+
+def test_paper_crop_sizes_follow_scale_augmentation():
+    h, w = 300, 400  # shorter side resized to L in [256, 480]; a 224 crop spans 224 * 300 / L pixels
+    win = _window_sides(lambda tf, s, seed: imagenet._paper_window(tf, s, seed, 224), [h, w])
+    side = win[:, 2]
+    assert (
+        (win[:, 2] == win[:, 3]).all()
+        and side.min() >= round(224 * 300 / 480)
+        and side.max() <= round(224 * 300 / 256)
+    )
+    assert side.max() - side.min() > 100  # the whole range is used
+    assert (win[:, 0] + side <= h).all() and (win[:, 1] + side <= w).all() and (win[:, :2] >= 0).all()
+
+
+def test_inception_crop_area_and_aspect():
+    h, w = 300, 400
+    win = _window_sides(lambda tf, s, seed: imagenet._inception_window(tf, s, seed), [h, w])
+    area = win[:, 2] * win[:, 3] / (h * w)
+    aspect = win[:, 3] / win[:, 2]
+    assert area.min() >= 0.07 and area.max() <= 1.0 and area.min() < 0.3
+    assert aspect.min() >= 0.72 and aspect.max() <= 1.36
+    assert (win[:, 0] + win[:, 2] <= h).all() and (win[:, 1] + win[:, 3] <= w).all()
+
+
+def test_center_eval_counts_every_example_once_with_a_mask(tiny):
+    batches = list(data.tfds_eval_iterator(tiny, 4))
+    assert len(batches) == data.eval_steps(tiny, 4) == 3
+    assert all(b["image"].shape == (4, 224, 224, 3) for b in batches)
+    mask = np.concatenate([b["mask"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])
+    assert mask.dtype == bool and mask.sum() == N_VAL and mask.tolist() == [True] * N_VAL + [False]
+    np.testing.assert_array_equal(np.sort(labels[mask]), np.sort(np.arange(N_VAL) % 3))
+    assert (batches[-1]["image"][-1] == 0).all()
+
+
+def test_ten_crops(tiny):
+    center = np.concatenate([b["image"] for b in data.tfds_eval_iterator(tiny, 4)])
+    batches = list(data.tfds_eval_iterator({**tiny, "eval_crop": "ten"}, 4))
+    assert all(b["image"].shape == (4, 10, 224, 224, 3) for b in batches)
+    crops = np.concatenate([b["image"] for b in batches])[:N_VAL]
+    np.testing.assert_array_equal(crops[:, 5:], crops[:, :5, :, ::-1])  # crops 5-9 flip crops 0-4
+    assert not np.array_equal(crops[:, 0], crops[:, 3])  # corners differ
+    # The centre crop (index 4) matches the fused decode-and-crop centre view up to resampling.
+    assert np.abs(crops[:, 4] - center[:N_VAL]).mean() < 6.0
+
+
+def test_bfloat16_and_channel_normalisation(tiny):
+    (batch,) = take(data.tfds_train_iterator({**tiny, "mean": "channel"}, 8, 0, 0, dtype="bfloat16"), 1)
+    assert batch["image"].dtype.name == "bfloat16" and np.abs(batch["image"].astype(np.float32)).max() < 3.5
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3, 8])
+def test_process_parts_cover_the_split(processes):
+    span = imagenet.Span("validation", 0, 50_001)
+    parts = [span.part(p, processes, equal=False) for p in range(processes)]
+    bounds = [tuple(map(int, s[len("validation[") : -1].split(":"))) for s in parts]
+    assert bounds[0][0] == 0 and bounds[-1][1] == 50_001
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    local = 64 // processes if 64 % processes == 0 else 1
+    batches = imagenet.eval_batches(50_001, local * processes, processes)
+    assert all(batches * local >= b - a for a, b in bounds)
+    train = [imagenet.Span("train", 0, 1001).part(p, processes, equal=True) for p in range(processes)]
+    assert len({s.count(":") for s in train}) == 1
+
+
+def test_tfds_cifar_in_memory_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=20):
+        ds = data.load_in_memory({"name": "cifar10", "tfds_dir": str(tmp_path), "val_split": 5}, seed=0)
+    assert ds.train_images.shape == (15, 32, 32, 3) and ds.eval_images.shape == (5, 32, 32, 3)
+    assert ds.train_images.dtype == np.uint8 and ds.num_classes == 10 and len(ds.class_names) == 10
