@@ -209,7 +209,7 @@ class Inputs:
 
 def in_memory_inputs(cfg: ml_collections.ConfigDict, mesh: Mesh, dtype: Any) -> Inputs:
     """Put a whole small dataset on the devices (uint8, replicated); augment inside the step."""
-    ds = data_lib.load_in_memory(cfg.data, cfg.seed)
+    ds = data_lib.load_in_memory(cfg.data, cfg.seed, batch_size=cfg.batch_size)
     replicated = NamedSharding(mesh, P())
     arrays = {
         "train_images": jax.device_put(ds.train_images, replicated),
@@ -261,8 +261,8 @@ def streamed_inputs(cfg: ml_collections.ConfigDict, mesh: Mesh, dtype: Any) -> I
 
     return Inputs(
         info["num_train"], info["num_eval"], info["num_classes"], tuple(info["image_shape"]), {},
-        lambda start: data_lib.tfds_train_iterator(cfg.data, cfg.batch_size, cfg.seed, start),
-        lambda: data_lib.tfds_eval_iterator(cfg.data, eval_batch),
+        lambda start: data_lib.tfds_train_iterator(cfg.data, cfg.batch_size, cfg.seed, start, dtype=dtype),
+        lambda: data_lib.tfds_eval_iterator(cfg.data, eval_batch, dtype=dtype),
         train_images, eval_images, resident=False,
     )  # fmt: skip
 
@@ -608,6 +608,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             if do_ckpt:
                 save_checkpoint(mngr, state, clock.state(best_error), last_eval if do_eval else None)
                 last_good_checkpoint = step
+            if do_eval or do_ckpt:
+                clock.start(step)  # throughput counts training time only
             if preemption.requested and not final:
                 mngr.wait_until_finished()
                 writer.console(f"preempted at step {step}; checkpoint saved; rerun the same command to resume")

@@ -1,0 +1,202 @@
+"""The trainer: end to end on real CIFAR JPEGs, sharding equivalence, BN modes, resume, exact eval."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import CIFAR_TAR, assert_trees_equal, read_metrics, restore_state, tiny_config
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax import models, optim, train
+
+
+def test_end_to_end_cifar20_on_the_jpeg_archive(tmp_path):
+    """ResNet-20 for a few dozen steps on real images: every output is written and the loss falls."""
+    cfg = tiny_config(
+        **{
+            "model.depth": 20,
+            "batch_size": 32,
+            "num_train_steps": 36,
+            "log_every_steps": 12,
+            "eval_every_steps": 36,
+            "checkpoint_every_steps": 12,
+            "data.name": "cifar10",
+            "data.path": str(CIFAR_TAR),
+            "data.val_split": 500,
+            "data.eval_batch_size": 256,
+        }
+    )
+    summary = train.train_and_evaluate(cfg, str(tmp_path))
+    assert summary["done"] and summary["step"] == 36 and summary["params"] == 269_722
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["depth"] == 20
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [12, 24, 36]
+    records = read_metrics(tmp_path)
+    train_records = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train_records] == [12, 24, 36]
+    for key in ("epoch", "train/top1_error", "lr", "images_per_sec", "wall_time_s"):
+        assert key in train_records[-1]
+    assert train_records[-1]["train/loss"] < train_records[0]["train/loss"] - 0.1
+    evals = [r for r in records if "eval/top1_error" in r]
+    assert len(evals) == 1 and evals[0]["eval/count"] == 500 and evals[0]["step"] == 36
+    assert summary["final_eval_top1_error"] == evals[0]["eval/top1_error"] < 90.0
+
+
+def one_step(cfg, mesh):
+    """Initialise and take one step on `mesh`; returns (state, metrics) on the host."""
+    inputs = train.in_memory_inputs(cfg, mesh, jnp.float32)
+    model = train.create_model(cfg, inputs.num_classes, mesh.devices.size)
+    tx, _ = optim.create(cfg, cfg.batch_size, 10, 100)
+    state = train.init_state(model, tx, cfg.seed, inputs.image_shape, mesh)
+    batch = train.to_global(next(inputs.train_batches(0)), mesh, True)
+    step = jax.jit(
+        lambda s, b, a: train.train_step(s, b, a, model=model, tx=tx, inputs=inputs, mesh=mesh, skip_nonfinite=False)
+    )
+    return jax.device_get(step(state, batch, inputs.arrays)), model, inputs
+
+
+def mesh_of(n: int) -> Mesh:
+    return Mesh(np.array(jax.devices()[:n]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def test_eight_device_global_bn_step_equals_one_device_step():
+    assert jax.device_count() == 8
+    cfg = tiny_config(batch_size=32)
+    (s1, m1), _, _ = one_step(cfg, mesh_of(1))
+    (s8, m8), _, _ = one_step(cfg, mesh_of(8))
+    np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), s1, s8)
+
+
+@pytest.mark.parametrize("mode,group", [("per_device", 4), ("ghost", 2)])
+def test_bn_modes_normalise_over_their_groups(mode, group):
+    """The step's BN statistics equal those of each group (device shard / ghost group) on its own."""
+    cfg = tiny_config(batch_size=32, **{"model.bn": mode, "model.bn_group_size": group})
+    mesh = mesh_of(8)
+    assert train.bn_group_size(cfg, 8) == group
+    (state, _), model, inputs = one_step(cfg, mesh)
+
+    # Recompute the same batch on the host, one group at a time, with whole-batch BN.
+    plain = models.create("cifar", 8, "A", inputs.num_classes)
+    tx, _ = optim.create(cfg, cfg.batch_size, 10, 100)
+    init = jax.device_get(train.init_state(model, tx, cfg.seed, inputs.image_shape, mesh_of(1)))
+    batch = next(inputs.train_batches(0))
+    rng = jax.random.fold_in(jax.random.wrap_key_data(init.rng), 0)
+    images, _ = inputs.train_images(rng, {"index": jnp.asarray(batch["index"])}, inputs.arrays)
+    variables = {"params": init.params, "batch_stats": init.batch_stats}
+    stats = [
+        plain.apply(variables, images[i : i + group], train=True, mutable=["batch_stats"])[1]["batch_stats"]
+        for i in range(0, 32, group)
+    ]
+    expected = jax.tree.map(lambda *s: sum(s) / len(s), *stats)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), state.batch_stats, expected)
+    # ...and differ from whole-batch statistics.
+    whole = plain.apply(variables, images, train=True, mutable=["batch_stats"])[1]["batch_stats"]
+    diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), state.batch_stats, whole)
+    assert max(jax.tree.leaves(diff)) > 1e-3
+
+
+def test_resume_gives_the_same_result_as_a_straight_run(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train.train_and_evaluate(tiny_config(num_train_steps=8, eval_every_steps=8), str(straight))
+    train.train_and_evaluate(tiny_config(num_train_steps=4, eval_every_steps=4), str(resumed))
+    summary = train.train_and_evaluate(tiny_config(num_train_steps=8, eval_every_steps=8), str(resumed))
+    assert summary["step"] == 8
+    assert_trees_equal(restore_state(straight, 8), restore_state(resumed, 8))
+
+    def train_losses(workdir):
+        return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
+
+    assert train_losses(straight) == train_losses(resumed)
+    final = [r for r in read_metrics(resumed) if r["step"] == 8 and "eval/loss" in r]
+    assert final[0]["eval/loss"] == [r for r in read_metrics(straight) if "eval/loss" in r][-1]["eval/loss"]
+
+
+def test_eval_counts_every_example_once_with_an_uneven_last_batch():
+    """100 examples in batches of 24 on 8 devices: 5 batches, the last padded and masked."""
+    cfg = tiny_config(**{"data.synthetic_examples": 100, "data.eval_batch_size": 24})
+    mesh = mesh_of(8)
+    (state, _), model, inputs = one_step(cfg, mesh)
+    step = jax.jit(lambda s, b, a: train.eval_step(s, b, a, model=model, inputs=inputs))
+    result = train.evaluate(state, inputs, step, mesh)
+    assert result["eval/count"] == 100
+    # The same numbers straight from the model over all 100 examples at once.
+    images = (inputs.arrays["eval_images"].astype(jnp.float32) - inputs.arrays["mean"]) / inputs.arrays["std"]
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images)
+    labels = inputs.arrays["eval_labels"]
+    top1 = 100 * float(jnp.mean(jnp.argmax(logits, -1) != labels))
+    loss = float(train.cross_entropy(logits, labels).mean())
+    assert result["eval/top1_error"] == pytest.approx(top1, abs=1e-6)
+    assert result["eval/loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_ten_crop_eval_averages_softmax_over_crops():
+    model = models.create("cifar", 8, "A", 10)
+    x = jax.random.normal(jax.random.key(0), (3, 2, 32, 32, 3))
+    variables = model.init(jax.random.key(1), x[:, 0])
+    state = train.TrainState(jnp.int32(0), variables["params"], variables["batch_stats"], None, None)
+    labels = jnp.array([1, 2, 3])
+    inputs = train.Inputs(0, 0, 10, (32, 32, 3), {}, None, None, None, lambda b, a: (b["x"], labels, b["m"]), False)
+    sums = train.eval_step(state, {"x": x, "m": jnp.array([True, True, False])}, {}, model=model, inputs=inputs)
+    probs = jnp.stack([jax.nn.softmax(model.apply(variables, x[:, c])) for c in range(2)]).mean(0)
+    expected = -jnp.log(probs[jnp.arange(3), labels])[:2].sum()
+    assert float(sums["count"]) == 2
+    np.testing.assert_allclose(sums["loss"], expected, rtol=1e-5)
+
+
+def test_learning_rate_schedules_follow_the_paper():
+    cfg = tiny_config(**{"schedule.warmup": "constant", "schedule.warmup_steps": 400})
+    _, sched = optim.create(cfg, 128, 390, 64_000)
+    assert [float(sched(s)) for s in (0, 399, 400, 31_999, 32_000, 48_000)] == pytest.approx(
+        [0.01, 0.01, 0.1, 0.1, 0.01, 0.001]
+    )
+    cfg = tiny_config(
+        **{"schedule.boundaries_epochs": (30, 60), "schedule.scale_by_batch": True, "schedule.warmup": "linear",
+           "schedule.warmup_epochs": 5.0}
+    )  # fmt: skip
+    _, sched = optim.create(cfg, 1024, 100, 9000)
+    assert float(sched(0)) == 0.0 and float(sched(250)) == pytest.approx(0.2)
+    assert [float(sched(s)) for s in (500, 2999, 3000, 6000)] == pytest.approx([0.4, 0.4, 0.04, 0.004])
+
+
+def test_weight_decay_can_exclude_bn_and_biases():
+    params = {"conv1": {"kernel": 1}, "bn1": {"scale": 1, "bias": 1}, "fc": {"kernel": 1, "bias": 1}}
+    assert optim.decay_mask(params, False) == {
+        "conv1": {"kernel": True}, "bn1": {"scale": False, "bias": False}, "fc": {"kernel": True, "bias": False}
+    }  # fmt: skip
+    assert all(jax.tree.leaves(optim.decay_mask(params, True)))
+
+
+def test_nonfinite_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(**{"schedule.base_lr": 1e30, "num_train_steps": 8, "eval_every_steps": 8})
+    with pytest.raises(train.TrainingError, match=r"non-finite loss at step \d+; last good checkpoint: step"):
+        train.train_and_evaluate(cfg, str(tmp_path))
+
+
+def test_skip_policy_keeps_the_weights_of_nonfinite_steps(tmp_path):
+    cfg = tiny_config(**{"schedule.base_lr": 1e30, "nan_policy": "skip"})
+    summary = train.train_and_evaluate(cfg, str(tmp_path))
+    assert summary["done"]
+    # Step 1 blows the weights up; every later step is non-finite and leaves the state alone.
+    a, b = restore_state(tmp_path, 2), restore_state(tmp_path, 4)
+    assert_trees_equal(a["params"], b["params"])
+    assert_trees_equal(a["opt_state"], b["opt_state"])
+
+
+def test_steps_per_call_fuses_steps_without_changing_them(tmp_path):
+    one, fused = tmp_path / "one", tmp_path / "fused"
+    train.train_and_evaluate(tiny_config(), str(one))
+    train.train_and_evaluate(tiny_config(steps_per_call=2), str(fused))
+    a, b = restore_state(one, 4), restore_state(fused, 4)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+
+
+def test_batch_sharding_layout():
+    mesh = mesh_of(8)
+    batch = train.to_global({"index": np.arange(16, dtype=np.int32)}, mesh, True)
+    assert batch["index"].sharding == NamedSharding(mesh, P("data"))
+    assert os.environ["XLA_FLAGS"].endswith("8")
