@@ -260,11 +260,11 @@ def ten_crop_preprocess(tf, data, size: int, mode: str, dtype):
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = _eval_resize(size) / tf.reduce_min(hw)
     new = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
-    image = _resize(tf, image, new)
+    image = _normalize(tf, _resize(tf, image, new), mode, dtype)  # per channel: commutes with cropping
     h, w = new[0] - size, new[1] - size
     corners = [(0, 0), (0, w), (h, 0), (h, w), (h // 2, w // 2)]
     crops = tf.stack([tf.slice(image, [y, x, 0], [size, size, 3]) for y, x in corners])
-    return _normalize(tf, tf.concat([crops, crops[:, :, ::-1]], axis=0), mode, dtype)
+    return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
 
 # ---- The iterators. ----
