@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -62,6 +62,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.config is None or not FLAGS.workdir:
         print("error: give --config=<configs/file.py[:arg]> and --workdir=<dir>", file=sys.stderr)
         sys.exit(USAGE_EXIT)
+    if not FLAGS.verbose:
+        logging.set_verbosity(logging.WARNING)  # orbax and jax log every checkpoint at INFO
     initialize_distributed()
 
     from resnet_jax import data, models, train
@@ -79,7 +81,9 @@ def main(argv: list[str]) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    if summary.get("done"):
+    import jax
+
+    if summary.get("done") and jax.process_index() == 0:
         err = summary.get("final_eval_top1_error")
         print(f"done: step {summary['step']}, test top-1 error {err:.2f}%" if err is not None else "done")
 

@@ -53,7 +53,9 @@ class MetricWriter:
 class ProgressClock:
     """Throughput, ETA and the run's cumulative wall time (kept in checkpoints across resumes)."""
 
-    def __init__(self, total_steps: int, start_step: int, batch_size: int, num_devices: int, saved: dict) -> None:
+    def __init__(
+        self, total_steps: int, start_step: int, batch_size: int, num_devices: int, saved: dict
+    ) -> None:
         self.total_steps = total_steps
         self.batch_size = batch_size
         self.num_devices = num_devices

@@ -87,7 +87,9 @@ def check_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     if cfg.schedule.name not in ("piecewise", "cosine"):
         raise ConfigError(f"schedule.name must be 'piecewise' or 'cosine'; got {cfg.schedule.name!r}")
     if cfg.schedule.warmup not in ("none", "constant", "linear"):
-        raise ConfigError(f"schedule.warmup must be 'none', 'constant' or 'linear'; got {cfg.schedule.warmup!r}")
+        raise ConfigError(
+            f"schedule.warmup must be 'none', 'constant' or 'linear'; got {cfg.schedule.warmup!r}"
+        )
     if m.dtype not in ("auto", *models.DTYPES):
         raise ConfigError(f"model.dtype must be 'auto' or one of {', '.join(models.DTYPES)}; got {m.dtype!r}")
 
@@ -101,7 +103,9 @@ def check_intervals(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
     if cfg.steps_per_call > 1:
         for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
             if cfg[key] % cfg.steps_per_call:
-                raise ConfigError(f"{key} ({cfg[key]}) must be a multiple of steps_per_call ({cfg.steps_per_call})")
+                raise ConfigError(
+                    f"{key} ({cfg[key]}) must be a multiple of steps_per_call ({cfg.steps_per_call})"
+                )
 
 
 def compute_dtype(name: str) -> Any:
@@ -301,7 +305,15 @@ def to_global(batch: dict, mesh: Mesh, resident: bool, batch_axis: int = 0) -> d
 
 
 def train_step(
-    state: TrainState, batch: dict, arrays: dict, *, model, tx, inputs: Inputs, mesh: Mesh, skip_nonfinite: bool
+    state: TrainState,
+    batch: dict,
+    arrays: dict,
+    *,
+    model,
+    tx,
+    inputs: Inputs,
+    mesh: Mesh,
+    skip_nonfinite: bool,
 ) -> tuple[TrainState, dict]:
     """One SGD step on one global batch; returns the new state and this step's metric sums."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -371,7 +383,12 @@ def eval_step(state: TrainState, batch: dict, arrays: dict, *, model, inputs: In
         loss, scores = cross_entropy(logits, labels), logits.astype(jnp.float32)
     top1, top5 = topk_errors(scores, labels)
     w = mask.astype(jnp.float32)
-    return {"loss": (loss * w).sum(), "top1_errors": (top1 * w).sum(), "top5_errors": (top5 * w).sum(), "count": w.sum()}
+    return {
+        "loss": (loss * w).sum(),
+        "top1_errors": (top1 * w).sum(),
+        "top5_errors": (top5 * w).sum(),
+        "count": w.sum(),
+    }
 
 
 def evaluate(state: TrainState, inputs: Inputs, step_fn, mesh: Mesh) -> dict:
@@ -399,7 +416,9 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     policy = pp.AnyPreservationPolicy(
         [
             pp.LatestN(n=keep),
-            pp.BestN(get_metric_fn=lambda m: -m["eval/top1_error"], n=1, keep_checkpoints_without_metrics=False),
+            pp.BestN(
+                get_metric_fn=lambda m: -m["eval/top1_error"], n=1, keep_checkpoints_without_metrics=False
+            ),
         ]
     )
     options = ocp.CheckpointManagerOptions(
@@ -408,7 +427,9 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
-def save_checkpoint(mngr: ocp.CheckpointManager, state: TrainState, clock: dict, metrics: dict | None) -> None:
+def save_checkpoint(
+    mngr: ocp.CheckpointManager, state: TrainState, clock: dict, metrics: dict | None
+) -> None:
     step = int(jax.device_get(state.step))
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), clock=ocp.args.JsonSave(clock))
     mngr.save(step, args=args, metrics=metrics, force=True)
@@ -420,7 +441,10 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, abstract: TrainState) -> tup
     for i, step in enumerate(steps):
         try:
             restored = mngr.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), clock=ocp.args.JsonRestore())
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), clock=ocp.args.JsonRestore()
+                ),
             )
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
             where = os.path.join(str(mngr.directory), str(step))
@@ -612,7 +636,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 clock.start(step)  # throughput counts training time only
             if preemption.requested and not final:
                 mngr.wait_until_finished()
-                writer.console(f"preempted at step {step}; checkpoint saved; rerun the same command to resume")
+                writer.console(
+                    f"preempted at step {step}; checkpoint saved; rerun the same command to resume"
+                )
                 writer.close()
                 return {"done": False, "step": step}
     if not last_eval:  # resumed a run that had already finished

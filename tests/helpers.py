@@ -45,9 +45,14 @@ def read_metrics(workdir) -> list[dict]:
 
 def restore_state(workdir, step: int) -> dict:
     """The raw state tree of checkpoint `step` as numpy arrays."""
+    import jax
+
     path = pathlib.Path(workdir, "checkpoints", str(step), "state").resolve()
-    tree = ocp.StandardCheckpointer().restore(path)
-    return {k: v for k, v in tree.items()}
+    checkpointer = ocp.StandardCheckpointer()
+    meta = checkpointer.metadata(path).item_metadata.tree
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+    return jax.device_get(checkpointer.restore(path, target))
 
 
 def assert_trees_equal(a, b) -> None:

@@ -34,7 +34,11 @@ def test_end_to_end_cifar20_on_the_jpeg_archive(tmp_path):
     assert summary["done"] and summary["step"] == 36 and summary["params"] == 269_722
     assert json.loads((tmp_path / "config.json").read_text())["model"]["depth"] == 20
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [12, 24, 36]
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
+        12,
+        24,
+        36,
+    ]
     records = read_metrics(tmp_path)
     train_records = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train_records] == [12, 24, 36]
@@ -54,7 +58,9 @@ def one_step(cfg, mesh):
     state = train.init_state(model, tx, cfg.seed, inputs.image_shape, mesh)
     batch = train.to_global(next(inputs.train_batches(0)), mesh, True)
     step = jax.jit(
-        lambda s, b, a: train.train_step(s, b, a, model=model, tx=tx, inputs=inputs, mesh=mesh, skip_nonfinite=False)
+        lambda s, b, a: train.train_step(
+            s, b, a, model=model, tx=tx, inputs=inputs, mesh=mesh, skip_nonfinite=False
+        )
     )
     return jax.device_get(step(state, batch, inputs.arrays)), model, inputs
 
@@ -93,7 +99,9 @@ def test_bn_modes_normalise_over_their_groups(mode, group):
         for i in range(0, 32, group)
     ]
     expected = jax.tree.map(lambda *s: sum(s) / len(s), *stats)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), state.batch_stats, expected)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), state.batch_stats, expected
+    )
     # ...and differ from whole-batch statistics.
     whole = plain.apply(variables, images, train=True, mutable=["batch_stats"])[1]["batch_stats"]
     diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), state.batch_stats, whole)
@@ -140,8 +148,12 @@ def test_ten_crop_eval_averages_softmax_over_crops():
     variables = model.init(jax.random.key(1), x[:, 0])
     state = train.TrainState(jnp.int32(0), variables["params"], variables["batch_stats"], None, None)
     labels = jnp.array([1, 2, 3])
-    inputs = train.Inputs(0, 0, 10, (32, 32, 3), {}, None, None, None, lambda b, a: (b["x"], labels, b["m"]), False)
-    sums = train.eval_step(state, {"x": x, "m": jnp.array([True, True, False])}, {}, model=model, inputs=inputs)
+    inputs = train.Inputs(
+        0, 0, 10, (32, 32, 3), {}, None, None, None, lambda b, a: (b["x"], labels, b["m"]), False
+    )
+    sums = train.eval_step(
+        state, {"x": x, "m": jnp.array([True, True, False])}, {}, model=model, inputs=inputs
+    )
     probs = jnp.stack([jax.nn.softmax(model.apply(variables, x[:, c])) for c in range(2)]).mean(0)
     expected = -jnp.log(probs[jnp.arange(3), labels])[:2].sum()
     assert float(sums["count"]) == 2
