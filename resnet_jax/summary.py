@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from resnet_jax import models
-from resnet_jax.models.flops import params_by_stage, stage_name, trace
+from resnet_jax.models.flops import group_by_stage, params_by_stage, stage_name, trace
 
 
 def _filters(model: models.ResNet, s: int) -> str:
@@ -48,12 +48,8 @@ def summarise(
     model = models.create(family, depth, shortcut, num_classes, stride_on=stride_on)
     layers, shapes = trace(model, image_size)
     params = params_by_stage(shapes["params"])
-    macs: dict[str, int] = {}
-    sizes: dict[str, list[int]] = {}
-    for layer in layers:
-        name = stage_name(layer.path[0])
-        macs[name] = macs.get(name, 0) + layer.macs
-        sizes[name] = list(layer.out_shape[1:-1]) if len(layer.out_shape) == 4 else [1, 1]
+    macs = group_by_stage(layers)
+    sizes = {stage_name(x.path[0]): list(x.out_shape[1:-1]) or [1, 1] for x in layers}  # each row's last
     stem = f"7x7, {model.widths[0]}, stride 2" if model.stem == "imagenet" else f"3x3, {model.widths[0]}"
     layout = [("conv1", 1, stem)]
     layout += [(f"conv{s + 1}_x", n, _filters(model, s)) for s, n in enumerate(model.stage_sizes, start=1)]

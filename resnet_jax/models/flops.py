@@ -78,8 +78,13 @@ def stage_name(top: str) -> str:
 
 def macs_by_stage(model: nn.Module, image_size: int) -> dict[str, int]:
     """Multiply-adds per row of the paper's Table 1: conv1, conv2_x, ..., fc (in network order)."""
+    return group_by_stage(trace(model, image_size)[0])
+
+
+def group_by_stage(layers: list[Layer]) -> dict[str, int]:
+    """Sum the layers' multiply-adds per row (conv1, conv2_x, ..., fc), in network order."""
     out: dict[str, int] = {}
-    for layer in trace(model, image_size)[0]:
+    for layer in layers:
         name = stage_name(layer.path[0])
         out[name] = out.get(name, 0) + layer.macs
     return out
