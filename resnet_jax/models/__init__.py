@@ -3,6 +3,7 @@
 model = models.create(family="cifar", depth=110, shortcut="A", num_classes=10)
 variables = model.init(rng, images_nhwc)                 # {"params", "batch_stats"}
 logits = model.apply(variables, images_nhwc, train=False)
+variables = models.load_torch_state_dict(model, torch_model.state_dict())  # PyTorch weights
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from resnet_jax.models.blocks import SHORTCUTS
 from resnet_jax.models.nets import IMAGENET_STAGES, ResNet
+from resnet_jax.models.torch_weights import load_torch_state_dict as load_torch_state_dict
 
 FAMILIES = ("cifar", "imagenet")
 CIFAR_DEPTHS_NAMED = (20, 32, 44, 56, 110, 1202)
