@@ -186,3 +186,11 @@ def imagenet_config(
     if is_smoke:
         smoke(c)
     return c
+
+
+def sweep_point(name: str, config: str, arg: str | None, seeds: int = 1, **overrides) -> dict:
+    """One sweep point: `config` ("configs/x.py:tokens") with the sweep's own argument tokens appended."""
+    path, _, own = config.partition(":")
+    joined = ",".join(tokens(own) + tokens(arg))
+    config = f"{path}:{joined}" if joined else path
+    return {"name": name, "config": config, "overrides": overrides, "seeds": seeds}
