@@ -18,7 +18,7 @@ class Reference(NamedTuple):
 
 
 def arch_name(depth: int, shortcut: str) -> str:
-    """"plain<depth>" for shortcut "none", else "resnet<depth>-<shortcut>"."""
+    """ "plain<depth>" for shortcut "none", else "resnet<depth>-<shortcut>"."""
     return f"plain{depth}" if shortcut == "none" else f"resnet{depth}-{shortcut}"
 
 

@@ -72,9 +72,12 @@ def expand(points: list[dict], seeds: int | None = None, only: Sequence[str] = (
     unknown = set(only) - {p["name"] for p in points}
     if unknown:
         raise ValueError(f"--only names no point: {sorted(unknown)}")
-    return [Run(p["name"], p["config"], dict(p.get("overrides", {})), seed)
-            for p in points if not only or p["name"] in only
-            for seed in range(seeds or p.get("seeds", 1))]
+    return [
+        Run(p["name"], p["config"], dict(p.get("overrides", {})), seed)
+        for p in points
+        if not only or p["name"] in only
+        for seed in range(seeds or p.get("seeds", 1))
+    ]
 
 
 def run_name(run: Run) -> str:
@@ -93,7 +96,8 @@ def train_flags(run: Run, workdir: str, extra: dict[str, str]) -> list[str]:
     """The trainer's flags for this run: config, workdir, seed, the point's then the sweep's overrides."""
     overrides = {"seed": run.seed, **run.overrides, **extra}
     return [f"--config={run.config}", f"--workdir={workdir}"] + [
-        f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
+        f"--config.{k}={format_value(v)}" for k, v in overrides.items()
+    ]
 
 
 def run_dir(workdir: str, run: Run) -> str:
@@ -120,8 +124,13 @@ def visible_gpus() -> list[str]:
     if env is not None:
         return [g for g in env.split(",") if g.strip()]
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                             capture_output=True, text=True, check=True, timeout=60).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return out.split()
@@ -132,14 +141,20 @@ def run_one(cmd: list[str], run_workdir: str, env: dict[str, str]) -> int:
     pathlib.Path(run_workdir).mkdir(parents=True, exist_ok=True)
     print(f"[sweep] start {run_workdir}  (log: train.log)", flush=True)
     with open(pathlib.Path(run_workdir) / "train.log", "a") as log:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                            check=False).returncode
+        rc = subprocess.run(
+            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, check=False
+        ).returncode
     print(f"[sweep] {'done' if rc == 0 else f'FAILED (exit {rc})'} {run_workdir}", flush=True)
     return rc
 
 
-def run_local(runs: list[Run], workdir: str, extra: dict[str, str], trainer: Sequence[str] = TRAINER,
-              gpus: Sequence[str] = ()) -> list[str]:
+def run_local(
+    runs: list[Run],
+    workdir: str,
+    extra: dict[str, str],
+    trainer: Sequence[str] = TRAINER,
+    gpus: Sequence[str] = (),
+) -> list[str]:
     """Run the unfinished runs here, one at a time or one per GPU in `gpus`; return the failed runs' names."""
     todo = []
     for run in runs:
@@ -178,8 +193,15 @@ def launch_command(mode: str, run: Run, workdir: str, extra: dict[str, str]) -> 
     if mode == "print":
         return ["python", "-m", "resnet_jax.main", *flags]
     if mode == "slurm":
-        return ["sbatch", f"--job-name={run_name(run)}", f"--output={path}/slurm-%j.log",
-                "launch/slurm_gpu.sbatch", *flags[:2], "--", *flags[2:]]
+        return [
+            "sbatch",
+            f"--job-name={run_name(run)}",
+            f"--output={path}/slurm-%j.log",
+            "launch/slurm_gpu.sbatch",
+            *flags[:2],
+            "--",
+            *flags[2:],
+        ]
     return ["launch/tpu_vm.sh", f"--name={tpu_name(run)}", *flags[:2], "--", *flags[2:]]
 
 

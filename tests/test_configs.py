@@ -16,9 +16,25 @@ from resnet_jax import paper
 from resnet_jax.config import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CIFAR_ARGS = [None, "resnet20", "resnet32,B", "resnet44,C", "resnet56", "resnet110,A", "resnet1202",
-              "resnet8", "plain20", "plain32", "plain44", "plain56", "plain110", "resnet20,A,smoke",
-              "resnet110,smoke", "smoke", "resnet20,val"]
+CIFAR_ARGS = [
+    None,
+    "resnet20",
+    "resnet32,B",
+    "resnet44,C",
+    "resnet56",
+    "resnet110,A",
+    "resnet1202",
+    "resnet8",
+    "plain20",
+    "plain32",
+    "plain44",
+    "plain56",
+    "plain110",
+    "resnet20,A,smoke",
+    "resnet110,smoke",
+    "smoke",
+    "resnet20,val",
+]
 IMAGENET_NET_ARGS = [None, "smoke", "batch=4096", "batch=1024,smoke"]
 CONFIG_ARGS: dict[str, list[str | None]] = {
     "cifar10": CIFAR_ARGS,
@@ -31,9 +47,16 @@ CONFIG_ARGS: dict[str, list[str | None]] = {
     "imagenet_plain18": IMAGENET_NET_ARGS,
     "imagenet_plain34": IMAGENET_NET_ARGS,
 }
-BAD_ARGS = [("cifar10", "resnet21"), ("cifar10", "plain20,B"), ("cifar10", "resnet20,D"),
-            ("cifar10", "resnet20,A,B"), ("imagenet_r18", "v1.5"), ("imagenet_plain34", "B"),
-            ("imagenet_r50", "smoek"), ("imagenet_r50", "batch=1000")]
+BAD_ARGS = [
+    ("cifar10", "resnet21"),
+    ("cifar10", "plain20,B"),
+    ("cifar10", "resnet20,D"),
+    ("cifar10", "resnet20,A,B"),
+    ("imagenet_r18", "v1.5"),
+    ("imagenet_plain34", "B"),
+    ("imagenet_r50", "smoek"),
+    ("imagenet_r50", "batch=1000"),
+]
 CASES = [(name, arg) for name, args in CONFIG_ARGS.items() for arg in args]
 
 
@@ -100,7 +123,11 @@ def test_imagenet_recipe_matches_section_3_4():
 def test_pod_scaling_follows_goyal_et_al():
     c = load("imagenet_r50", "batch=8192")
     assert (c.batch_size, c.schedule.scale_by_batch, c.schedule.warmup, c.schedule.warmup_epochs) == (
-        8192, True, "linear", 5.0)
+        8192,
+        True,
+        "linear",
+        5.0,
+    )
     assert (c.model.bn, c.model.bn_group_size) == ("ghost", 32)
     assert c.eval_every_steps == 2 * 157  # two epochs of 1,281,167 images at 8192
 
@@ -118,8 +145,14 @@ def model_cases() -> list[tuple[str, str | None]]:
     seen, out = set(), []
     for name, arg in CASES:
         c = load(name, arg)
-        key = (c.model.family, c.model.depth, c.model.shortcut, c.model.stride_on, c.data.num_classes,
-               c.model.scan_blocks)
+        key = (
+            c.model.family,
+            c.model.depth,
+            c.model.shortcut,
+            c.model.stride_on,
+            c.data.num_classes,
+            c.model.scan_blocks,
+        )
         if key not in seen:
             seen.add(key)
             out.append((name, arg))
@@ -133,9 +166,16 @@ def test_model_initialises_and_matches_paper_params(name, arg):
     from resnet_jax import models
 
     c = load(name, arg)
-    model = models.create(family=c.model.family, depth=c.model.depth, shortcut=c.model.shortcut,
-                          num_classes=c.data.num_classes, dtype=jnp.float32, scan_blocks=c.model.scan_blocks,
-                          remat=c.model.remat, stride_on=c.model.stride_on)
+    model = models.create(
+        family=c.model.family,
+        depth=c.model.depth,
+        shortcut=c.model.shortcut,
+        num_classes=c.data.num_classes,
+        dtype=jnp.float32,
+        scan_blocks=c.model.scan_blocks,
+        remat=c.model.remat,
+        stride_on=c.model.stride_on,
+    )
     size = 32 if c.model.family == "cifar" else c.data.image_size
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, size, size, 3), jnp.float32))
     expected = paper.PARAMS.get((c.model.family, paper.arch_name(c.model.depth, c.model.shortcut)))

@@ -13,9 +13,12 @@ from resnet_jax import sweep
 from tests.test_configs import load
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SWEEPS = {"cifar_depth": [None, "smoke", "val"], "cifar_shortcuts": [None, "56", "20,110,smoke"],
-          "imagenet_shortcuts": [None, "smoke", "batch=4096"],
-          "imagenet_depth": [None, "smoke", "batch=4096"]}
+SWEEPS = {
+    "cifar_depth": [None, "smoke", "val"],
+    "cifar_shortcuts": [None, "56", "20,110,smoke"],
+    "imagenet_shortcuts": [None, "smoke", "batch=4096"],
+    "imagenet_depth": [None, "smoke", "batch=4096"],
+}
 CASES = [(name, arg) for name, args in SWEEPS.items() for arg in args]
 FAKE_TRAINER = """
 import json, os, pathlib, sys
@@ -65,28 +68,43 @@ def test_print_mode_prints_commands_and_marks_finished_runs(tmp_path, capsys):
     done = tmp_path / "resnet20-seed0"
     done.mkdir()
     (done / "summary.json").write_text(json.dumps({"done": True}))
-    rc = sweep.main(["configs/sweeps/cifar_depth.py:smoke", f"--workdir={tmp_path}", "--mode=print",
-                     "--only=resnet20,resnet56", "--seeds=2", "--override=num_train_steps=4",
-                     "--override=config.schedule.boundaries=(2,3)"])
+    rc = sweep.main(
+        [
+            "configs/sweeps/cifar_depth.py:smoke",
+            f"--workdir={tmp_path}",
+            "--mode=print",
+            "--only=resnet20,resnet56",
+            "--seeds=2",
+            "--override=num_train_steps=4",
+            "--override=config.schedule.boundaries=(2,3)",
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert rc == 0 and lines[0] == f"# done: {done}"
-    assert lines[1] == ("python -m resnet_jax.main --config=configs/cifar10.py:resnet20,smoke "
-                        f"--workdir={tmp_path}/resnet20-seed1 --config.seed=1 --config.num_train_steps=4 "
-                        "'--config.schedule.boundaries=(2,3)'")
+    assert lines[1] == (
+        "python -m resnet_jax.main --config=configs/cifar10.py:resnet20,smoke "
+        f"--workdir={tmp_path}/resnet20-seed1 --config.seed=1 --config.num_train_steps=4 "
+        "'--config.schedule.boundaries=(2,3)'"
+    )
     assert len(lines) == 4 and "resnet56-seed1" in lines[3]
 
 
-@pytest.mark.parametrize("mode,head", [("slurm", "mkdir -p "),
-                                       ("tpu", "launch/tpu_vm.sh --name=resnet-resnet34-a-seed0 ")])
+@pytest.mark.parametrize(
+    "mode,head", [("slurm", "mkdir -p "), ("tpu", "launch/tpu_vm.sh --name=resnet-resnet34-a-seed0 ")]
+)
 def test_cluster_modes_print_launch_commands(mode, head, tmp_path, capsys):
     sweep.main(["configs/sweeps/imagenet_shortcuts.py", f"--workdir={tmp_path}", f"--mode={mode}"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and all(re.fullmatch(r"[a-z0-9-]+", sweep.tpu_name(r)) for r in
-                                   sweep.expand(sweep.load_sweep("configs/sweeps/imagenet_shortcuts.py")))
+    assert len(lines) == 4 and all(
+        re.fullmatch(r"[a-z0-9-]+", sweep.tpu_name(r))
+        for r in sweep.expand(sweep.load_sweep("configs/sweeps/imagenet_shortcuts.py"))
+    )
     assert any(line.startswith(head) for line in lines)
     if mode == "slurm":
-        assert ("launch/slurm_gpu.sbatch --config=configs/imagenet_r34.py:C "
-                f"--workdir={tmp_path}/resnet34-C-seed0 -- --config.seed=0") in lines[3]
+        assert (
+            "launch/slurm_gpu.sbatch --config=configs/imagenet_r34.py:C "
+            f"--workdir={tmp_path}/resnet34-C-seed0 -- --config.seed=0"
+        ) in lines[3]
 
 
 def test_local_mode_runs_skips_and_reports_failures(tmp_path):
@@ -118,7 +136,9 @@ def test_local_mode_spreads_runs_over_gpus(tmp_path):
 
 def test_overrides_and_values():
     assert sweep.parse_overrides(["num_train_steps=4", "config.model.remat=True"]) == {
-        "num_train_steps": "4", "model.remat": "True"}
+        "num_train_steps": "4",
+        "model.remat": "True",
+    }
     assert sweep.format_value((32000, 48000)) == "(32000,48000)" and sweep.format_value((3,)) == "(3,)"
     with pytest.raises(ValueError):
         sweep.parse_overrides(["num_train_steps"])

@@ -20,7 +20,11 @@ DEPTHS = (20, 32, 44, 56, 110)
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     """{plain, resnet} x DEPTHS, plus ResNet-1202."""
-    points = [experiments.sweep_point(f"{kind}{d}", f"configs/cifar10.py:{kind}{d}", arg,
-                                      seeds=5 if (kind, d) == ("resnet", 110) else 1)
-              for kind in ("plain", "resnet") for d in DEPTHS]
+    points = [
+        experiments.sweep_point(
+            f"{kind}{d}", f"configs/cifar10.py:{kind}{d}", arg, seeds=5 if (kind, d) == ("resnet", 110) else 1
+        )
+        for kind in ("plain", "resnet")
+        for d in DEPTHS
+    ]
     return points + [experiments.sweep_point("resnet1202", "configs/cifar10.py:resnet1202", arg)]

@@ -18,5 +18,8 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     toks = experiments.tokens(arg)
     depths = [int(t) for t in toks if t.isdigit()] or [20, 56, 110]
     rest = ",".join(t for t in toks if not t.isdigit())
-    return [experiments.sweep_point(f"resnet{d}-{s}", f"configs/cifar10.py:resnet{d},{s}", rest)
-            for d in depths for s in experiments.SHORTCUTS]
+    return [
+        experiments.sweep_point(f"resnet{d}-{s}", f"configs/cifar10.py:resnet{d},{s}", rest)
+        for d in depths
+        for s in experiments.SHORTCUTS
+    ]

@@ -16,5 +16,7 @@ from resnet_jax import experiments
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     """ResNet-<d> for d in 18, 34, 50, 101, 152, each with its paper shortcut option."""
-    return [experiments.sweep_point(f"resnet{d}", f"configs/imagenet_r{d}.py", arg)
-            for d in experiments.IMAGENET_DEPTHS]
+    return [
+        experiments.sweep_point(f"resnet{d}", f"configs/imagenet_r{d}.py", arg)
+        for d in experiments.IMAGENET_DEPTHS
+    ]

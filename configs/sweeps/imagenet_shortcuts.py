@@ -16,5 +16,7 @@ from resnet_jax import experiments
 def get_sweep(arg: str | None = None) -> list[dict]:
     """plain-34 and ResNet-34 A/B/C."""
     points = [experiments.sweep_point("plain34", "configs/imagenet_plain34.py", arg)]
-    return points + [experiments.sweep_point(f"resnet34-{s}", f"configs/imagenet_r34.py:{s}", arg)
-                     for s in experiments.SHORTCUTS]
+    return points + [
+        experiments.sweep_point(f"resnet34-{s}", f"configs/imagenet_r34.py:{s}", arg)
+        for s in experiments.SHORTCUTS
+    ]
