@@ -118,6 +118,7 @@ else
 fi
 if ((!keep)); then
   trap 'run "${tpu[@]}" delete "$name" "${where[@]}" --quiet' EXIT
+  trap 'exit 143' TERM  # so that the EXIT trap also runs when the script is terminated
 fi
 
 # 2. The project on every worker: the committed tree, a venv with the pinned requirements and jax[tpu].
