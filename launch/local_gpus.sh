@@ -26,14 +26,12 @@ while (($#)); do
 done
 workdir="${workdir:-runs/$(basename "${config%%:*}" .py)}"
 cd "$(dirname "$0")/.."
+# shellcheck source=/dev/null
+source launch/lib.sh
 
 cmd=("${PYTHON:-python3}" -m resnet_jax.main "--config=$config" "--workdir=$workdir" "${extra[@]}")
 [[ -n "$gpus" ]] && cmd=(env "CUDA_VISIBLE_DEVICES=$gpus" "${cmd[@]}")
-out=()
-for w in "${cmd[@]}"; do
-  if [[ "$w" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$w"); else out+=("${w@Q}"); fi
-done
-echo "${out[*]} 2>&1 | tee -a $workdir/train.log"
+echo "$(show "${cmd[@]}") 2>&1 | tee -a $workdir/train.log"
 ((dry_run)) && exit 0
 mkdir -p "$workdir"
 "${cmd[@]}" 2>&1 | tee -a "$workdir/train.log"

@@ -84,14 +84,9 @@ guess_workers() {
   esac
 }
 
-# Print a command, shell-quoted where needed; run it unless --dry-run.
-show() {
-  local out=() w
-  for w in "$@"; do
-    if [[ "$w" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$w"); else out+=("${w@Q}"); fi
-  done
-  echo "${out[*]}"
-}
+# shellcheck source=/dev/null
+source "$(dirname "$0")/lib.sh"
+# Print a command; run it unless --dry-run.
 run() {
   show "$@"
   ((dry_run)) || "$@"

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPTS = ["launch/tpu_vm.sh", "launch/slurm_gpu.sbatch", "launch/local_gpus.sh"]
+SCRIPTS = ["launch/tpu_vm.sh", "launch/slurm_gpu.sbatch", "launch/local_gpus.sh", "launch/lib.sh"]
 FAKE_GCLOUD = """#!/usr/bin/env bash
 echo "$*" >> "$FAKE_DIR/calls"
 case "$*" in
@@ -115,9 +115,13 @@ def test_tpu_stops_all_workers_at_the_first_failure_and_deletes(tmp_path):
     result = sh("launch/tpu_vm.sh", "--name=t", env=env, cwd=tmp_path, check=False)
     assert result.returncode == 1, result.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert calls[1].startswith("compute tpus tpu-vm create t ") and "--worker=all --command=kill" in calls[-2]
+    assert calls[1].startswith("compute tpus tpu-vm create t ")
+    # The two workers' ssh calls start concurrently: their order in the log is not fixed.
+    train = [i for i, c in enumerate(calls) if "--command=cd ~/resnet_jax" in c]
+    kill = [i for i, c in enumerate(calls) if "--worker=all --command=kill" in c]
+    assert len(train) == 2 and len(kill) == 1 and min(train) < kill[0]
+    assert all("--workdir=gs://bkt/resnet_jax/imagenet_r50" in calls[i] for i in train)
     assert calls[-1] == "compute tpus tpu-vm delete t --zone=us-central2-b --quiet"
-    assert "--workdir=gs://bkt/resnet_jax/imagenet_r50" in calls[5]
     assert (tmp_path / "logs/t/worker-0.log").read_text() == "worker 0 fails\n"
     assert (tmp_path / "logs/t/worker-1.log").exists()
 
@@ -147,7 +151,7 @@ def test_slurm_job_starts_one_process_per_gpu(tmp_path):
     )
     env |= {
         "SLURM_JOB_ID": "7",
-        "SLURM_SUBMIT_DIR": str(tmp_path),
+        "SLURM_SUBMIT_DIR": str(ROOT),
         "SLURM_NTASKS": "2",
         "SLURM_JOB_NUM_NODES": "1",
         "SLURM_JOB_NODELIST": "node[A-B]",
@@ -157,7 +161,7 @@ def test_slurm_job_starts_one_process_per_gpu(tmp_path):
         "launch/slurm_gpu.sbatch", "--config=configs/cifar10.py:resnet56", "--", "--config.seed=1", env=env
     ).stdout.splitlines()
     common = (
-        f"-m resnet_jax.main --config=configs/cifar10.py:resnet56 --workdir={tmp_path}/runs/cifar10 "
+        f"-m resnet_jax.main --config=configs/cifar10.py:resnet56 --workdir={ROOT}/runs/cifar10 "
         "--coordinator_address=nodeA:12355 --num_processes=2 --config.seed=1"
     )
     assert out[1:] == [f"gpu=0 {common} --process_id=0", f"gpu=1 {common} --process_id=1"]
