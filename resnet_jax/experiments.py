@@ -15,12 +15,16 @@ tokens, e.g. "resnet110,A,smoke". Tokens:
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
 import re
+from types import ModuleType
 
 import ml_collections
 
 from resnet_jax.config import base_config
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # the repository: configs/ lies here
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 SHORTCUTS = ("A", "B", "C")
@@ -194,3 +198,22 @@ def sweep_point(name: str, config: str, arg: str | None, seeds: int = 1, **overr
     joined = ",".join(tokens(own) + tokens(arg))
     config = f"{path}:{joined}" if joined else path
     return {"name": name, "config": config, "overrides": overrides, "seeds": seeds}
+
+
+def load_file(path: str) -> ModuleType:
+    """Import a config or sweep file by its path (relative paths: from the cwd, else the repository)."""
+    file = pathlib.Path(path)
+    if not file.exists() and (ROOT / file).exists():
+        file = ROOT / file
+    if not file.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    spec = importlib.util.spec_from_file_location(f"_loaded_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """get_config(arg) of "path/to/config.py[:arg]", as --config=... loads it."""
+    path, _, arg = spec.partition(":")
+    return load_file(path).get_config(arg or None)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import importlib.util
 import json
 import os
 import pathlib
@@ -35,7 +34,9 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from resnet_jax import experiments
+
+ROOT = experiments.ROOT
 TRAINER = (sys.executable, "-m", "resnet_jax.main")
 MODES = ("local", "print", "slurm", "tpu")
 
@@ -52,15 +53,7 @@ class Run(NamedTuple):
 def load_sweep(spec: str) -> list[dict]:
     """get_sweep(arg) of the sweep file in "path/to/sweep.py[:arg]"."""
     path, _, arg = spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.exists() and (ROOT / file).exists():
-        file = ROOT / file
-    module_spec = importlib.util.spec_from_file_location(f"sweep_{file.stem}", file)
-    if module_spec is None or not file.exists():
-        raise FileNotFoundError(f"no sweep file {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    points = module.get_sweep(arg or None)
+    points = experiments.load_file(path).get_sweep(arg or None)
     names = [p["name"] for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f"sweep point names are not unique: {names}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import jax
@@ -12,7 +11,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import paper
+from resnet_jax import experiments, paper
 from resnet_jax.config import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,10 +61,7 @@ CASES = [(name, arg) for name, args in CONFIG_ARGS.items() for arg in args]
 
 def load(name: str, arg: str | None) -> ml_collections.ConfigDict:
     """get_config(arg) of configs/<name>.py, loaded by path as config_flags does."""
-    spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return experiments.load_config(f"configs/{name}.py" + (f":{arg}" if arg else ""))
 
 
 def flat_keys(c: ml_collections.ConfigDict, prefix: str = "") -> set[str]:

@@ -6,14 +6,12 @@ import csv
 import json
 import pathlib
 
-from resnet_jax import report
-from tests.test_configs import load
+from resnet_jax import experiments, report
 
 
 def fabricate_run(
     path: pathlib.Path,
     config: str,
-    arg: str,
     final: float,
     done: bool = True,
     steps: int = 2_000,
@@ -21,7 +19,7 @@ def fabricate_run(
 ) -> None:
     """A run directory as the trainer leaves it: config.json, metrics.jsonl and (when done) summary.json."""
     path.mkdir(parents=True)
-    (path / "config.json").write_text(load(config, arg).to_json())
+    (path / "config.json").write_text(experiments.load_config(config).to_json())
     rows = []
     for step in range(100, steps + 1, 100):
         progress = step / steps
@@ -61,12 +59,12 @@ def fabricate_run(
 
 def test_report_from_fabricated_sweep(tmp_path):
     sweep = tmp_path / "cifar_depth"
-    fabricate_run(sweep / "plain20-seed0", "cifar10", "plain20", 10.0)
-    fabricate_run(sweep / "plain56-seed0", "cifar10", "plain56", 14.0)
-    fabricate_run(sweep / "resnet20-seed0", "cifar10", "resnet20", 9.0, params=269_722)
-    fabricate_run(sweep / "resnet20-seed1", "cifar10", "resnet20", 11.0, params=269_722)
-    fabricate_run(sweep / "resnet56-seed0", "cifar10", "resnet56", 7.0)
-    fabricate_run(sweep / "resnet110-seed0", "cifar10", "resnet110", 6.5, done=False, steps=1_000)
+    fabricate_run(sweep / "plain20-seed0", "configs/cifar10.py:plain20", 10.0)
+    fabricate_run(sweep / "plain56-seed0", "configs/cifar10.py:plain56", 14.0)
+    fabricate_run(sweep / "resnet20-seed0", "configs/cifar10.py:resnet20", 9.0, params=269_722)
+    fabricate_run(sweep / "resnet20-seed1", "configs/cifar10.py:resnet20", 11.0, params=269_722)
+    fabricate_run(sweep / "resnet56-seed0", "configs/cifar10.py:resnet56", 7.0)
+    fabricate_run(sweep / "resnet110-seed0", "configs/cifar10.py:resnet110", 6.5, done=False, steps=1_000)
     (sweep / "notes").mkdir()  # a directory that is not a run is ignored
 
     rows = report.report(sweep)
@@ -91,8 +89,8 @@ def test_report_from_fabricated_sweep(tmp_path):
 
 def test_report_imagenet_shows_top5_and_cli(tmp_path, capsys):
     sweep = tmp_path / "imagenet_shortcuts"
-    fabricate_run(sweep / "resnet34-C-seed0", "imagenet_r34", "C", 24.0)
-    fabricate_run(sweep / "plain34-seed0", "imagenet_plain34", None, 28.0)
+    fabricate_run(sweep / "resnet34-C-seed0", "configs/imagenet_r34.py:C", 24.0)
+    fabricate_run(sweep / "plain34-seed0", "configs/imagenet_plain34.py", 28.0)
     assert report.main([str(sweep), f"--out={tmp_path / 'out'}"]) == 0
     assert "2 points, 2/2 runs finished" in capsys.readouterr().out
     md = (tmp_path / "out" / "results.md").read_text()

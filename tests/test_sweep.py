@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from resnet_jax import sweep
-from tests.test_configs import load
+from resnet_jax import experiments, sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEPS = {
@@ -43,9 +42,7 @@ def test_sweep_expands_to_loadable_configs(name, arg):
     runs = sweep.expand(sweep.load_sweep(spec))
     assert runs and len({sweep.run_name(r) for r in runs}) == len(runs)
     for run in runs:
-        path, _, config_arg = run.config.partition(":")
-        assert (ROOT / path).exists()
-        c = load(pathlib.Path(path).stem, config_arg or None)
+        c = experiments.load_config(run.config)
         for key, value in run.overrides.items():
             c.update_from_flattened_dict({key: value})
         if arg and "smoke" in arg:
