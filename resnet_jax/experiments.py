@@ -192,12 +192,15 @@ def imagenet_config(
     return c
 
 
-def sweep_point(name: str, config: str, arg: str | None, seeds: int = 1, **overrides) -> dict:
-    """One sweep point: `config` ("configs/x.py:tokens") with the sweep's own argument tokens appended."""
+def sweep_point(
+    name: str, config: str, arg: str | None, seeds: int = 1, overrides: dict | None = None
+) -> dict:
+    """One sweep point: `config` ("configs/x.py:tokens") with the sweep's own argument tokens appended;
+    `overrides` maps dotted config keys to values ({"model.remat": True})."""
     path, _, own = config.partition(":")
     joined = ",".join(tokens(own) + tokens(arg))
     config = f"{path}:{joined}" if joined else path
-    return {"name": name, "config": config, "overrides": overrides, "seeds": seeds}
+    return {"name": name, "config": config, "overrides": dict(overrides or {}), "seeds": seeds}
 
 
 def load_file(path: str) -> ModuleType:

@@ -139,3 +139,21 @@ def test_overrides_and_values():
     assert sweep.format_value((32000, 48000)) == "(32000,48000)" and sweep.format_value((3,)) == "(3,)"
     with pytest.raises(ValueError):
         sweep.parse_overrides(["num_train_steps"])
+
+
+def test_point_overrides_reach_the_trainer_before_the_sweeps_own():
+    point = experiments.sweep_point(
+        "r",
+        "configs/cifar10.py:resnet20",
+        "smoke",
+        overrides={"model.remat": True, "schedule.boundaries": (2, 4)},
+    )
+    (run,) = sweep.expand([point])
+    assert run.config == "configs/cifar10.py:resnet20,smoke"
+    assert sweep.train_flags(run, "/w", {"model.remat": "False"}) == [
+        "--config=configs/cifar10.py:resnet20,smoke",
+        "--workdir=/w",
+        "--config.seed=0",
+        "--config.model.remat=False",
+        "--config.schedule.boundaries=(2,4)",
+    ]
