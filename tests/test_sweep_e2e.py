@@ -36,7 +36,8 @@ SUMMARY_KEYS = {
 
 
 def run_sweep(workdir: pathlib.Path) -> subprocess.CompletedProcess:
-    """The tiny sweep: ResNet-20 and plain-20 smoke configs, 4 steps, evaluation and checkpoint at 2 and 4."""
+    """The tiny sweep: the resnet20 and plain20 points of cifar_depth as smoke runs, cut to depth 8 (to
+    compile fast), 4 steps, evaluation and checkpoint at steps 2 and 4."""
     cmd = [
         sys.executable,
         "-m",
@@ -44,6 +45,7 @@ def run_sweep(workdir: pathlib.Path) -> subprocess.CompletedProcess:
         "configs/sweeps/cifar_depth.py:smoke",
         f"--workdir={workdir}",
         "--only=resnet20,plain20",
+        "--override=model.depth=8",
         "--override=num_train_steps=4",
         "--override=eval_every_steps=2",
         "--override=checkpoint_every_steps=2",
@@ -74,13 +76,13 @@ def test_tiny_cifar_sweep_end_to_end(tmp_path):
         rows = report.read_jsonl(work / point / "metrics.jsonl")
         assert all(METRIC_KEYS <= set(r) for r in rows if "train/loss" in r)
         assert [r["step"] for r in rows if "eval/top1_error" in r][-1] == 4
-        assert json.loads((work / point / "config.json").read_text())["model"]["depth"] == 20
+        assert json.loads((work / point / "config.json").read_text())["model"]["depth"] == 8
 
     again = run_sweep(work)
     assert again.returncode == 0 and again.stdout.count("skip (done)") == 2, again.stdout
 
     rows = {r["point"]: r for r in report.report(work)}
-    assert rows["resnet20"]["arch"] == "resnet20-A" and rows["resnet20"]["done"] == 1
+    assert rows["resnet20"]["arch"] == "resnet8-A" and rows["resnet20"]["done"] == 1
     assert rows["resnet20"]["paper_top1"] is None  # smoke runs train on synthetic data: no paper number
-    assert rows["plain20"]["params"] == rows["resnet20"]["params"] == 269_722  # option A adds no parameters
+    assert rows["plain20"]["params"] == rows["resnet20"]["params"] == 75_290  # option A adds no parameters
     assert (work / "results.md").exists() and (work / "curves.png").exists()
