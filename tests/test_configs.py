@@ -128,12 +128,21 @@ def test_pod_scaling_follows_goyal_et_al():
     assert c.eval_every_steps == 2 * 157  # two epochs of 1,281,167 images at 8192
 
 
-def test_config_flags_loads_path_arg_and_overrides():
-    argv = ["prog", f"--config={ROOT}/configs/cifar10.py:resnet110,B", "--config.num_train_steps=7"]
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("configs/cifar10.py:resnet110,B", (110, "B", "1x1", 128)),
+        ("configs/imagenet_r50.py:v1.5,batch=4096", (50, "B", "3x3", 4096)),
+    ],
+)
+def test_config_flags_loads_path_arg_and_overrides(spec, expected):
+    argv = ["prog", f"--config={ROOT}/{spec}", "--config.num_train_steps=7"]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
     fv(argv)
-    assert (fv.config.model.depth, fv.config.model.shortcut, fv.config.num_train_steps) == (110, "B", 7)
+    c = fv.config
+    assert (c.model.depth, c.model.shortcut, c.model.stride_on, c.batch_size) == expected
+    assert c.num_train_steps == 7
 
 
 def model_cases() -> list[tuple[str, str | None]]:
