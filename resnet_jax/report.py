@@ -20,6 +20,7 @@ import re
 import statistics
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import NamedTuple
 
 from resnet_jax import paper
@@ -246,13 +247,19 @@ def write_csv(rows: list[dict], path: pathlib.Path) -> None:
         writer.writerows(rows)
 
 
-def plot_curves(points: dict[str, list[RunResult]], path: pathlib.Path) -> None:
-    """Figure 6 style: per kind of net, train error dashed and test error solid against iterations."""
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend (no display), imported only when plotting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(points: dict[str, list[RunResult]], path: pathlib.Path) -> None:
+    """Figure 6 style: per kind of net, train error dashed and test error solid against iterations."""
+    plt = pyplot()
     panels: dict[str, list[RunResult]] = {}
     for runs in points.values():
         dataset, kind, _, _ = net_of(runs[0])
@@ -283,11 +290,7 @@ def plot_curves(points: dict[str, list[RunResult]], path: pathlib.Path) -> None:
 
 def plot_depth(rows: list[dict], path: pathlib.Path) -> None:
     """Final test error (mean ± std over seeds) against depth, one line per kind; x marks the paper."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     kinds = sorted({(r["dataset"], r["kind"]) for r in rows})
     for i, (dataset, kind) in enumerate(kinds):
