@@ -1,0 +1,354 @@
+"""Tabulate and plot a sweep: results.md, results.csv, curves.png and depth.png in the sweep workdir.
+
+    python -m resnet_jax.report runs/cifar_depth [--out=<dir>]
+
+Reads only files: each run directory's config.json, metrics.jsonl and summary.json (as the trainer
+writes them); runs still going are reported from their last logged metrics. Runs named
+<point>-seed<k> (as resnet_jax.sweep names them) are grouped into one row per point, mean ± std over
+seeds, with the paper's number beside ours (resnet_jax/paper.py). The plots follow the paper's
+Figures 1, 4 and 6: training error dashed, test error solid, against iterations, one panel per kind
+of net (plain, ResNet A/B/C) and one colour per depth; and the final test error against depth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import pathlib
+import re
+import statistics
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import NamedTuple
+
+from resnet_jax import paper
+
+SEED_SUFFIX = re.compile(r"-seed(\d+)$")
+
+
+class RunResult(NamedTuple):
+    """One run directory's files."""
+
+    point: str
+    seed: int
+    config: dict
+    summary: dict
+    metrics: list[dict]
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    """The JSON objects of a .jsonl file, skipping a torn last line of a run still writing."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def read_json(path: pathlib.Path) -> dict:
+    """A JSON object, or {} when the file is missing."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_runs(workdir: pathlib.Path) -> list[RunResult]:
+    """Every run directory under `workdir` (one with config.json, metrics.jsonl or summary.json)."""
+    runs = []
+    for d in sorted(p for p in workdir.iterdir() if p.is_dir()):
+        if not any((d / f).exists() for f in ("config.json", "metrics.jsonl", "summary.json")):
+            continue
+        m = SEED_SUFFIX.search(d.name)
+        point, seed = (d.name[: m.start()], int(m.group(1))) if m else (d.name, 0)
+        runs.append(
+            RunResult(
+                point,
+                seed,
+                read_json(d / "config.json"),
+                read_json(d / "summary.json"),
+                read_jsonl(d / "metrics.jsonl"),
+            )
+        )
+    return runs
+
+
+def cfg(config: dict, key: str, default: object = None) -> object:
+    """config["model"]["depth"] for key "model.depth" (also accepts flat dotted keys)."""
+    if key in config:
+        return config[key]
+    node: object = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def net_of(run: RunResult) -> tuple[str, str, int, str]:
+    """(dataset, kind, depth, shortcut) of a run; kind is "plain" or "ResNet (<shortcut>)"."""
+    shortcut = str(cfg(run.config, "model.shortcut", "?"))
+    kind = "plain" if shortcut == "none" else f"ResNet ({shortcut})"
+    return str(cfg(run.config, "data.name", "?")), kind, int(cfg(run.config, "model.depth", 0)), shortcut
+
+
+def evals(run: RunResult) -> list[dict]:
+    """The evaluation events of a run."""
+    return [r for r in run.metrics if "eval/top1_error" in r]
+
+
+def last(rows: list[dict], key: str) -> float | None:
+    """The last value of `key` among `rows`, or None."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return values[-1] if values else None
+
+
+def run_numbers(run: RunResult) -> dict[str, float | None]:
+    """Final and best test error, train error, size and cost of one run (summary first, else metrics)."""
+    s, ev = run.summary, evals(run)
+    best = min((r["eval/top1_error"] for r in ev), default=None)
+    return {
+        "final_top1": s.get("final_eval_top1_error", last(ev, "eval/top1_error")),
+        "best_top1": s.get("best_eval_top1_error", best),
+        "final_top5": s.get("final_eval_top5_error", last(ev, "eval/top5_error")),
+        "train_top1": s.get("final_train_top1_error", last(run.metrics, "train/top1_error")),
+        "params": s.get("params"),
+        "step": s.get("step", last(run.metrics, "step")),
+        "wall_time_s": s.get("wall_time_s", last(run.metrics, "wall_time_s")),
+        "device_hours": s.get("device_hours"),
+    }
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the known values (std None for fewer than two)."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None
+
+
+def summarise(point: str, runs: list[RunResult]) -> dict:
+    """One row per point: mean ± std over its seeds, the paper's numbers beside."""
+    dataset, kind, depth, shortcut = net_of(runs[0])
+    nums = [run_numbers(r) for r in runs]
+    ref = paper.reference(dataset, depth, shortcut)
+    row = {
+        "point": point,
+        "dataset": dataset,
+        "kind": kind,
+        "depth": depth,
+        "arch": paper.arch_name(depth, shortcut),
+        "runs": len(runs),
+        "done": sum(bool(r.summary.get("done")) for r in runs),
+        "paper_top1": ref.top1 if ref else None,
+        "paper_top5": ref.top5 if ref else None,
+        "paper_note": ref.note if ref else "",
+    }
+    for key in ("final_top1", "best_top1", "final_top5", "train_top1", "wall_time_s"):
+        row[f"{key}_mean"], row[f"{key}_std"] = mean_std([n[key] for n in nums])
+    row["min_final_top1"] = min((n["final_top1"] for n in nums if n["final_top1"] is not None), default=None)
+    row["params"] = next((n["params"] for n in nums if n["params"] is not None), None)
+    row["steps"] = max((n["step"] for n in nums if n["step"] is not None), default=None)
+    hours = [n["device_hours"] for n in nums if n["device_hours"] is not None]
+    row["device_hours_total"] = sum(hours) if hours else None
+    return row
+
+
+def sort_key(run: RunResult) -> tuple[str, str, int]:
+    """Dataset, then plain before ResNet, then depth."""
+    dataset, kind, depth, _ = net_of(run)
+    return dataset, kind.lower(), depth
+
+
+def group(runs: list[RunResult]) -> dict[str, list[RunResult]]:
+    """Runs by point, points ordered by dataset, kind, depth, name; seeds in order."""
+    points: dict[str, list[RunResult]] = {}
+    for run in sorted(runs, key=lambda r: (*sort_key(r), r.point, r.seed)):
+        points.setdefault(run.point, []).append(run)
+    return points
+
+
+def fmt(mean: float | None, std: float | None = None, digits: int = 2) -> str:
+    """ "6.61 ± 0.16", "6.61" or "–"."""
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def paper_cell(row: dict) -> str:
+    """The paper's top-1 (/ top-5) with its note."""
+    text = fmt(row["paper_top1"]) + (f" / {fmt(row['paper_top5'])}" if row["paper_top5"] is not None else "")
+    return f"{text} ({row['paper_note']})" if row["paper_note"] else text
+
+
+def markdown(rows: list[dict], source: pathlib.Path) -> str:
+    """results.md: the table, how to read it, and the plots."""
+    head = [
+        "point",
+        "net",
+        "paper top-1 (/ top-5) %",
+        "final test top-1 %",
+        "best test top-1 %",
+        "final test top-5 %",
+        "final train top-1 %",
+        "params",
+        "steps",
+        "wall time h",
+        "device-h",
+        "runs",
+    ]
+    lines = [
+        f"# Results of {source}",
+        "",
+        "Errors in percent; mean ± std over seeds (runs = finished / all). Test error: the trainer's "
+        "evaluation set (CIFAR test set, ImageNet validation set with the config's crops). "
+        "Device-hours: summed over seeds.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        wall = fmt(r["wall_time_s_mean"] / 3600 if r["wall_time_s_mean"] is not None else None)
+        cells = [
+            r["point"],
+            f"{r['dataset']} {r['arch']}",
+            paper_cell(r),
+            fmt(r["final_top1_mean"], r["final_top1_std"]),
+            fmt(r["best_top1_mean"], r["best_top1_std"]),
+            fmt(r["final_top5_mean"], r["final_top5_std"]),
+            fmt(r["train_top1_mean"], r["train_top1_std"]),
+            f"{r['params']:,}" if r["params"] is not None else "–",
+            str(r["steps"] or "–"),
+            wall,
+            fmt(r["device_hours_total"]),
+            f"{r['done']}/{r['runs']}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Training (dashed) and test (solid) error against iterations, first seed of each point:",
+        "",
+        "![curves](curves.png)",
+        "",
+        "Final test error against depth (x: the paper's number):",
+        "",
+        "![depth](depth.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: pathlib.Path) -> None:
+    """results.csv: one row per point, every column of the summary."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend (no display), imported only when plotting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(points: dict[str, list[RunResult]], path: pathlib.Path) -> None:
+    """Figure 6 style: per kind of net, train error dashed and test error solid against iterations."""
+    plt = pyplot()
+    panels: dict[str, list[RunResult]] = {}
+    for runs in points.values():
+        dataset, kind, _, _ = net_of(runs[0])
+        panels.setdefault(f"{dataset}: {kind}", []).append(runs[0])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, runs) in zip(axes[0], panels.items(), strict=True):
+        for i, run in enumerate(runs):
+            color = f"C{i % 10}"
+            train = [r for r in run.metrics if r.get("train/top1_error") is not None]
+            ax.plot(
+                [r["step"] for r in train], [r["train/top1_error"] for r in train], "--", color=color, lw=1
+            )
+            ax.plot(
+                [r["step"] for r in evals(run)],
+                [r["eval/top1_error"] for r in evals(run)],
+                "-",
+                color=color,
+                lw=1.5,
+                label=run.point,
+            )
+        ax.set(title=title, xlabel="iterations", ylabel="error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_depth(rows: list[dict], path: pathlib.Path) -> None:
+    """Final test error (mean ± std over seeds) against depth, one line per kind; x marks the paper."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    kinds = sorted({(r["dataset"], r["kind"]) for r in rows})
+    for i, (dataset, kind) in enumerate(kinds):
+        sel = sorted(
+            (r for r in rows if (r["dataset"], r["kind"]) == (dataset, kind)), key=lambda r: r["depth"]
+        )
+        ours = [r for r in sel if r["final_top1_mean"] is not None]
+        ax.errorbar(
+            [r["depth"] for r in ours],
+            [r["final_top1_mean"] for r in ours],
+            yerr=[r["final_top1_std"] or 0.0 for r in ours],
+            fmt="o-",
+            color=f"C{i}",
+            capsize=3,
+            label=f"{dataset} {kind}",
+        )
+        ref = [r for r in sel if r["paper_top1"] is not None]
+        ax.plot([r["depth"] for r in ref], [r["paper_top1"] for r in ref], "x", color=f"C{i}", ms=8)
+    depths = [r["depth"] for r in rows if r["depth"]]
+    if depths and max(depths) / max(min(depths), 1) > 10:
+        ax.set_xscale("log")
+    ax.set(xlabel="depth (layers)", ylabel="final test error (%)", title="error against depth")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report(workdir: pathlib.Path, out: pathlib.Path | None = None) -> list[dict]:
+    """Write results.md, results.csv, curves.png, depth.png for the sweep in `workdir`; return the rows."""
+    out = out or workdir
+    points = group(read_runs(workdir))
+    if not points:
+        raise FileNotFoundError(
+            f"no run directories (config.json / metrics.jsonl / summary.json) in {workdir}"
+        )
+    rows = [summarise(point, runs) for point, runs in points.items()]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown(rows, workdir))
+    write_csv(rows, out / "results.csv")
+    plot_curves(points, out / "curves.png")
+    plot_depth(rows, out / "depth.png")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m resnet_jax.report <sweep workdir> [--out=<dir>]."""
+    p = argparse.ArgumentParser(prog="python -m resnet_jax.report", description=__doc__.split("\n")[0])
+    p.add_argument("workdir", type=pathlib.Path)
+    p.add_argument("--out", type=pathlib.Path, default=None, help="output directory (default: the workdir)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    rows = report(args.workdir, args.out)
+    done = sum(r["done"] for r in rows)
+    runs = sum(r["runs"] for r in rows)
+    print(f"{len(rows)} points, {done}/{runs} runs finished: {(args.out or args.workdir) / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Run a sweep: one `python -m resnet_jax.main` training run per point, each in its own workdir.
+
+    python -m resnet_jax.sweep configs/sweeps/cifar_depth.py --workdir=runs/cifar_depth
+    python -m resnet_jax.sweep configs/sweeps/cifar_depth.py --workdir=runs/cifar_depth --mode=print
+    python -m resnet_jax.sweep configs/sweeps/cifar_depth.py:smoke --workdir=/tmp/sw --only=resnet20,plain20 \
+        --override=num_train_steps=4
+
+A sweep file defines `get_sweep(arg=None) -> list[dict]`; each point has "name", "config"
+("configs/x.py[:arg]", relative to the repository root), "overrides" ({"model.shortcut": "B"}) and
+optionally "seeds" (runs per point, default 1; --seeds=N sets every point's). A run goes to
+<workdir>/<name>-seed<k> with --config.seed=<k>. Modes:
+
+  local   run the points one after another here (--per_gpu: one per visible GPU at a time)
+  print   print the training commands
+  slurm   print `sbatch launch/slurm_gpu.sbatch ...` per point (--submit submits them)
+  tpu     print `launch/tpu_vm.sh ...` per point (--submit runs them one after another)
+
+Rerunning the same command skips finished runs (summary.json says done) and resumes the others,
+since the trainer resumes from the checkpoints in its workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import queue
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from resnet_jax import experiments
+
+ROOT = experiments.ROOT
+TRAINER = (sys.executable, "-m", "resnet_jax.main")
+MODES = ("local", "print", "slurm", "tpu")
+
+
+class Run(NamedTuple):
+    """One training run: a sweep point at one seed."""
+
+    name: str
+    config: str
+    overrides: dict
+    seed: int
+
+
+def load_sweep(spec: str) -> list[dict]:
+    """get_sweep(arg) of the sweep file in "path/to/sweep.py[:arg]"."""
+    path, _, arg = spec.partition(":")
+    points = experiments.load_file(path).get_sweep(arg or None)
+    names = [p["name"] for p in points]
+    if len(set(names)) != len(names):
+        raise ValueError(f"sweep point names are not unique: {names}")
+    return points
+
+
+def expand(points: list[dict], seeds: int | None = None, only: Sequence[str] = ()) -> list[Run]:
+    """One Run per point and seed; `seeds` overrides the points' own, `only` keeps the points named."""
+    unknown = set(only) - {p["name"] for p in points}
+    if unknown:
+        raise ValueError(f"--only names no point: {sorted(unknown)}")
+    return [
+        Run(p["name"], p["config"], dict(p.get("overrides", {})), seed)
+        for p in points
+        if not only or p["name"] in only
+        for seed in range(seeds or p.get("seeds", 1))
+    ]
+
+
+def run_name(run: Run) -> str:
+    """The run's directory name inside the sweep workdir."""
+    return f"{run.name}-seed{run.seed}"
+
+
+def format_value(value: object) -> str:
+    """A config value as `--config.key=value` expects it (tuples without spaces)."""
+    if isinstance(value, tuple | list):
+        return "(" + ",".join(format_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def train_flags(run: Run, workdir: str, extra: dict[str, str]) -> list[str]:
+    """The trainer's flags for this run: config, workdir, seed, the point's then the sweep's overrides."""
+    overrides = {"seed": run.seed, **run.overrides, **extra}
+    return [f"--config={run.config}", f"--workdir={workdir}"] + [
+        f"--config.{k}={format_value(v)}" for k, v in overrides.items()
+    ]
+
+
+def run_dir(workdir: str, run: Run) -> str:
+    """<workdir>/<run name>; local paths are made absolute, URLs (gs://) kept as they are."""
+    if "://" in workdir:
+        return f"{workdir.rstrip('/')}/{run_name(run)}"
+    return str(pathlib.Path(workdir).resolve() / run_name(run))
+
+
+def is_done(run_workdir: str) -> bool:
+    """True when the trainer finished this run (summary.json with "done": true)."""
+    summary = pathlib.Path(run_workdir) / "summary.json"
+    if "://" in run_workdir or not summary.exists():
+        return False
+    try:
+        return bool(json.loads(summary.read_text()).get("done"))
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids from CUDA_VISIBLE_DEVICES, else from nvidia-smi; [] without GPUs."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip()]
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return out.split()
+
+
+def run_one(cmd: list[str], run_workdir: str, env: dict[str, str]) -> int:
+    """Run one training command, appending its output to <run workdir>/train.log."""
+    pathlib.Path(run_workdir).mkdir(parents=True, exist_ok=True)
+    print(f"[sweep] start {run_workdir}  (log: train.log)", flush=True)
+    with open(pathlib.Path(run_workdir) / "train.log", "a") as log:
+        rc = subprocess.run(
+            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, check=False
+        ).returncode
+    print(f"[sweep] {'done' if rc == 0 else f'FAILED (exit {rc})'} {run_workdir}", flush=True)
+    return rc
+
+
+def run_local(
+    runs: list[Run],
+    workdir: str,
+    extra: dict[str, str],
+    trainer: Sequence[str] = TRAINER,
+    gpus: Sequence[str] = (),
+) -> list[str]:
+    """Run the unfinished runs here, one at a time or one per GPU in `gpus`; return the failed runs' names."""
+    todo = []
+    for run in runs:
+        path = run_dir(workdir, run)
+        if is_done(path):
+            print(f"[sweep] skip (done) {path}", flush=True)
+        else:
+            todo.append((run, path, [*trainer, *train_flags(run, path, extra)]))
+    if len(gpus) <= 1:
+        return [run_name(r) for r, path, cmd in todo if run_one(cmd, path, {})]
+    free: queue.Queue[str] = queue.Queue()
+    for gpu in gpus:
+        free.put(gpu)
+
+    def on_free_gpu(path: str, cmd: list[str]) -> int:
+        gpu = free.get()
+        try:
+            return run_one(cmd, path, {"CUDA_VISIBLE_DEVICES": gpu})
+        finally:
+            free.put(gpu)
+
+    with concurrent.futures.ThreadPoolExecutor(len(gpus)) as pool:
+        codes = list(pool.map(lambda t: on_free_gpu(t[1], t[2]), todo))
+    return [run_name(r) for (r, _, _), rc in zip(todo, codes, strict=True) if rc]
+
+
+def tpu_name(run: Run) -> str:
+    """A valid TPU VM name for the run (lower case letters, digits, hyphens)."""
+    return re.sub(r"[^a-z0-9-]", "-", f"resnet-{run_name(run)}".lower())[:60]
+
+
+def launch_command(mode: str, run: Run, workdir: str, extra: dict[str, str]) -> list[str]:
+    """The command of one run in print, slurm or tpu mode."""
+    path = run_dir(workdir, run)
+    flags = train_flags(run, path, extra)
+    if mode == "print":
+        return ["python", "-m", "resnet_jax.main", *flags]
+    if mode == "slurm":
+        return [
+            "sbatch",
+            f"--job-name={run_name(run)}",
+            f"--output={path}/slurm-%j.log",
+            "launch/slurm_gpu.sbatch",
+            *flags[:2],
+            "--",
+            *flags[2:],
+        ]
+    return ["launch/tpu_vm.sh", f"--name={tpu_name(run)}", *flags[:2], "--", *flags[2:]]
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    """["num_train_steps=4", "model.remat=True"] -> {"num_train_steps": "4", ...}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--override wants key=value, got {item!r}")
+        out[key.removeprefix("config.")] = value
+    return out
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line; see the module docstring."""
+    p = argparse.ArgumentParser(prog="python -m resnet_jax.sweep", description=__doc__.split("\n")[0])
+    p.add_argument("sweep", help="path/to/sweep.py[:arg]")
+    p.add_argument("--workdir", required=True, help="sweep directory: one sub-directory per run")
+    p.add_argument("--mode", choices=MODES, default="local")
+    p.add_argument("--seeds", type=int, default=None, help="runs per point (default: each point's own)")
+    p.add_argument("--only", default="", help="comma-separated point names to keep")
+    p.add_argument("--override", action="append", default=[], help="key=value for every run (repeatable)")
+    p.add_argument("--per_gpu", action="store_true", help="local mode: one run per visible GPU at a time")
+    p.add_argument("--submit", action="store_true", help="slurm/tpu modes: run the commands, not print them")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Expand the sweep and run, print or submit its runs; exit status 1 if any run failed."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    only = [n for n in args.only.split(",") if n]
+    runs = expand(load_sweep(args.sweep), args.seeds, only)
+    extra = parse_overrides(args.override)
+    if args.mode == "local":
+        failed = run_local(runs, args.workdir, extra, gpus=visible_gpus() if args.per_gpu else ())
+        print(f"[sweep] {len(runs) - len(failed)} of {len(runs)} runs finished; failed: {failed or 'none'}")
+        return 1 if failed else 0
+    failed = []
+    for run in runs:
+        path = run_dir(args.workdir, run)
+        cmd = launch_command(args.mode, run, args.workdir, extra)
+        if is_done(path):
+            print(f"# done: {path}")
+        elif args.mode == "slurm" and not args.submit:  # Slurm does not create the --output directory
+            print(f"mkdir -p {shlex.quote(path)} && {shlex.join(cmd)}")
+        elif not args.submit or args.mode == "print":
+            print(shlex.join(cmd))
+        else:
+            if args.mode == "slurm":
+                pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+            if subprocess.run(cmd, cwd=ROOT, check=False).returncode:
+                failed.append(run_name(run))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

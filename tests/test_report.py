@@ -1,0 +1,98 @@
+"""The report builds its table and plots from a fabricated sweep workdir (it only reads files)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+from resnet_jax import experiments, report
+
+
+def fabricate_run(
+    path: pathlib.Path,
+    config: str,
+    final: float,
+    done: bool = True,
+    steps: int = 2_000,
+    params: int = 1_000,
+) -> None:
+    """A run directory as the trainer leaves it: config.json, metrics.jsonl and (when done) summary.json."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(experiments.load_config(config).to_json())
+    rows = []
+    for step in range(100, steps + 1, 100):
+        progress = step / steps
+        row = {
+            "step": step,
+            "epoch": step / 390,
+            "train/loss": 2.0 - progress,
+            "lr": 0.1,
+            "train/top1_error": 80.0 * (1 - progress) + final - 2.0,
+            "images_per_sec": 1e4,
+            "wall_time_s": step / 10,
+        }
+        if step % 500 == 0:
+            row |= {
+                "eval/loss": 1.0,
+                "eval/top1_error": 80.0 * (1 - progress) + final,
+                "eval/top5_error": final / 3,
+            }
+        rows.append(row)
+    (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 21')  # torn line
+    if done:
+        summary = {
+            "done": True,
+            "step": steps,
+            "final_eval_top1_error": final,
+            "best_eval_top1_error": final - 0.1,
+            "final_eval_top5_error": final / 3,
+            "final_train_top1_error": final - 2.0,
+            "params": params,
+            "wall_time_s": steps / 10,
+            "device_hours": 0.5,
+            "device_kind": "cpu",
+            "num_devices": 8,
+        }
+        (path / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_from_fabricated_sweep(tmp_path):
+    sweep = tmp_path / "cifar_depth"
+    fabricate_run(sweep / "plain20-seed0", "configs/cifar10.py:plain20", 10.0)
+    fabricate_run(sweep / "plain56-seed0", "configs/cifar10.py:plain56", 14.0)
+    fabricate_run(sweep / "resnet20-seed0", "configs/cifar10.py:resnet20", 9.0, params=269_722)
+    fabricate_run(sweep / "resnet20-seed1", "configs/cifar10.py:resnet20", 11.0, params=269_722)
+    fabricate_run(sweep / "resnet56-seed0", "configs/cifar10.py:resnet56", 7.0)
+    fabricate_run(sweep / "resnet110-seed0", "configs/cifar10.py:resnet110", 6.5, done=False, steps=1_000)
+    (sweep / "notes").mkdir()  # a directory that is not a run is ignored
+
+    rows = report.report(sweep)
+    assert [r["point"] for r in rows] == ["plain20", "plain56", "resnet20", "resnet56", "resnet110"]
+    md = (sweep / "results.md").read_text()
+    assert "| resnet20 | cifar10 resnet20-A | 8.75 | 10.00 ± 1.41 | 9.90 ± 1.41 |" in md
+    assert "| 269,722 | 2000 | 0.06 | 1.00 | 2/2 |" in md
+    resnet110 = next(line for line in md.splitlines() if line.startswith("| resnet110 "))
+    assert "6.43 (best of 5; mean 6.61 ± 0.16)" in resnet110 and resnet110.endswith(
+        "| 1000 | 0.03 | – | 0/1 |"
+    )
+    assert "| plain56 | cifar10 plain56 | – |" in md and "![curves](curves.png)" in md
+
+    with open(sweep / "results.csv") as f:
+        table = {r["point"]: r for r in csv.DictReader(f)}
+    assert float(table["resnet20"]["final_top1_mean"]) == 10.0 and table["resnet20"]["runs"] == "2"
+    assert float(table["resnet110"]["final_top1_mean"]) == 6.5  # last evaluation of the unfinished run
+    assert table["plain20"]["paper_top1"] == ""
+    for png in ("curves.png", "depth.png"):
+        assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_imagenet_shows_top5_and_cli(tmp_path, capsys):
+    sweep = tmp_path / "imagenet_shortcuts"
+    fabricate_run(sweep / "resnet34-C-seed0", "configs/imagenet_r34.py:C", 24.0)
+    fabricate_run(sweep / "plain34-seed0", "configs/imagenet_plain34.py", 28.0)
+    assert report.main([str(sweep), f"--out={tmp_path / 'out'}"]) == 0
+    assert "2 points, 2/2 runs finished" in capsys.readouterr().out
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| resnet34-C | imagenet2012 resnet34-C | 24.19 / 7.40 | 24.00 |" in md
+    assert "| plain34 | imagenet2012 plain34 | 28.54 / 10.02 | 28.00 |" in md

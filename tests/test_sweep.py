@@ -1,0 +1,159 @@
+"""Sweeps expand into loadable configs; the runner builds, skips, resumes and spreads runs correctly."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import sys
+
+import pytest
+
+from resnet_jax import experiments, sweep
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SWEEPS = {
+    "cifar_depth": [None, "smoke", "val"],
+    "cifar_shortcuts": [None, "56", "20,110,smoke"],
+    "imagenet_shortcuts": [None, "smoke", "batch=4096"],
+    "imagenet_depth": [None, "smoke", "batch=4096"],
+}
+CASES = [(name, arg) for name, args in SWEEPS.items() for arg in args]
+FAKE_TRAINER = """
+import json, os, pathlib, sys
+flags = dict(a.split("=", 1) for a in sys.argv[1:])
+workdir = pathlib.Path(flags["--workdir"])
+record = {"argv": sys.argv[1:], "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+(workdir / "argv.json").write_text(json.dumps(record))
+print("training", flags["--config"])
+if "plain" in flags["--config"]:
+    sys.exit(3)
+(workdir / "summary.json").write_text(json.dumps({"done": True}))
+"""
+
+
+def test_every_sweep_file_is_listed():
+    assert {p.stem for p in (ROOT / "configs" / "sweeps").glob("*.py")} == set(SWEEPS)
+
+
+@pytest.mark.parametrize("name,arg", CASES)
+def test_sweep_expands_to_loadable_configs(name, arg):
+    spec = f"configs/sweeps/{name}.py" + (f":{arg}" if arg else "")
+    runs = sweep.expand(sweep.load_sweep(spec))
+    assert runs and len({sweep.run_name(r) for r in runs}) == len(runs)
+    for run in runs:
+        c = experiments.load_config(run.config)
+        for key, value in run.overrides.items():
+            c.update_from_flattened_dict({key: value})
+        if arg and "smoke" in arg:
+            assert c.data.name == "synthetic"
+
+
+def test_cifar_depth_has_the_papers_points():
+    points = sweep.load_sweep(str(ROOT / "configs/sweeps/cifar_depth.py"))
+    names = [p["name"] for p in points]
+    assert names == [f"{k}{d}" for k in ("plain", "resnet") for d in (20, 32, 44, 56, 110)] + ["resnet1202"]
+    runs = sweep.expand(points)
+    assert len(runs) == 15 and [r.seed for r in runs if r.name == "resnet110"] == [0, 1, 2, 3, 4]
+    assert len(sweep.expand(points, seeds=2)) == 22
+    assert [sweep.run_name(r) for r in sweep.expand(points, only=["resnet20"])] == ["resnet20-seed0"]
+    with pytest.raises(ValueError):
+        sweep.expand(points, only=["resnet21"])
+
+
+def test_print_mode_prints_commands_and_marks_finished_runs(tmp_path, capsys):
+    done = tmp_path / "resnet20-seed0"
+    done.mkdir()
+    (done / "summary.json").write_text(json.dumps({"done": True}))
+    rc = sweep.main(
+        [
+            "configs/sweeps/cifar_depth.py:smoke",
+            f"--workdir={tmp_path}",
+            "--mode=print",
+            "--only=resnet20,resnet56",
+            "--seeds=2",
+            "--override=num_train_steps=4",
+            "--override=config.schedule.boundaries=(2,3)",
+        ]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0 and lines[0] == f"# done: {done}"
+    assert lines[1] == (
+        "python -m resnet_jax.main --config=configs/cifar10.py:resnet20,smoke "
+        f"--workdir={tmp_path}/resnet20-seed1 --config.seed=1 --config.num_train_steps=4 "
+        "'--config.schedule.boundaries=(2,3)'"
+    )
+    assert len(lines) == 4 and "resnet56-seed1" in lines[3]
+
+
+@pytest.mark.parametrize(
+    "mode,head", [("slurm", "mkdir -p "), ("tpu", "launch/tpu_vm.sh --name=resnet-resnet34-a-seed0 ")]
+)
+def test_cluster_modes_print_launch_commands(mode, head, tmp_path, capsys):
+    sweep.main(["configs/sweeps/imagenet_shortcuts.py", f"--workdir={tmp_path}", f"--mode={mode}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(
+        re.fullmatch(r"[a-z0-9-]+", sweep.tpu_name(r))
+        for r in sweep.expand(sweep.load_sweep("configs/sweeps/imagenet_shortcuts.py"))
+    )
+    assert any(line.startswith(head) for line in lines)
+    if mode == "slurm":
+        assert (
+            "launch/slurm_gpu.sbatch --config=configs/imagenet_r34.py:C "
+            f"--workdir={tmp_path}/resnet34-C-seed0 -- --config.seed=0"
+        ) in lines[3]
+
+
+def test_local_mode_runs_skips_and_reports_failures(tmp_path):
+    trainer = tmp_path / "fake_trainer.py"
+    trainer.write_text(FAKE_TRAINER)
+    runs = sweep.expand(sweep.load_sweep("configs/sweeps/cifar_depth.py"), only=["resnet20", "plain20"])
+    work = tmp_path / "sweep"
+    fake = (sys.executable, str(trainer))
+    failed = sweep.run_local(runs, str(work), {"num_train_steps": "4"}, trainer=fake)
+    assert failed == ["plain20-seed0"]
+    record = json.loads((work / "resnet20-seed0" / "argv.json").read_text())
+    assert record["argv"][-1] == "--config.num_train_steps=4" and record["gpu"] is None
+    assert "training configs/cifar10.py:resnet20" in (work / "resnet20-seed0" / "train.log").read_text()
+    (work / "resnet20-seed0" / "argv.json").unlink()
+    assert sweep.run_local(runs, str(work), {}, trainer=fake) == ["plain20-seed0"]
+    assert not (work / "resnet20-seed0" / "argv.json").exists(), "a finished run must be skipped"
+    assert (work / "plain20-seed0" / "train.log").read_text().count("training") == 2, "a failed run reruns"
+
+
+def test_local_mode_spreads_runs_over_gpus(tmp_path):
+    trainer = tmp_path / "fake_trainer.py"
+    trainer.write_text(FAKE_TRAINER)
+    runs = sweep.expand(sweep.load_sweep("configs/sweeps/cifar_shortcuts.py:20"))
+    fake = (sys.executable, str(trainer))
+    assert sweep.run_local(runs, str(tmp_path), {}, trainer=fake, gpus=["0", "1"]) == []
+    gpus = {json.loads((tmp_path / sweep.run_name(r) / "argv.json").read_text())["gpu"] for r in runs}
+    assert gpus <= {"0", "1"} and gpus
+
+
+def test_overrides_and_values():
+    assert sweep.parse_overrides(["num_train_steps=4", "config.model.remat=True"]) == {
+        "num_train_steps": "4",
+        "model.remat": "True",
+    }
+    assert sweep.format_value((32000, 48000)) == "(32000,48000)" and sweep.format_value((3,)) == "(3,)"
+    with pytest.raises(ValueError):
+        sweep.parse_overrides(["num_train_steps"])
+
+
+def test_point_overrides_reach_the_trainer_before_the_sweeps_own():
+    point = experiments.sweep_point(
+        "r",
+        "configs/cifar10.py:resnet20",
+        "smoke",
+        overrides={"model.remat": True, "schedule.boundaries": (2, 4)},
+    )
+    (run,) = sweep.expand([point])
+    assert run.config == "configs/cifar10.py:resnet20,smoke"
+    assert sweep.train_flags(run, "/w", {"model.remat": "False"}) == [
+        "--config=configs/cifar10.py:resnet20,smoke",
+        "--workdir=/w",
+        "--config.seed=0",
+        "--config.model.remat=False",
+        "--config.schedule.boundaries=(2,4)",
+    ]
