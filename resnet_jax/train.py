@@ -518,53 +518,91 @@ def parse_profile_steps(spec: str) -> tuple[int, int] | None:
     return a, b
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train `cfg` in `workdir`, resuming from its latest checkpoint; returns the summary dict."""
-    # -- checks (no compilation yet) --
+@dataclasses.dataclass
+class Run:
+    """A configured run: mesh, inputs, model, optimizer and the trainer's jitted steps.
+
+    `setup(cfg)` builds it without touching a workdir; `train_and_evaluate` and the benchmarks
+    use the same object, so a benchmark times exactly the step a run executes.
+    """
+
+    cfg: ml_collections.ConfigDict
+    mesh: Mesh
+    dtype: Any
+    inputs: Inputs
+    model: models.ResNet
+    tx: optax.GradientTransformation
+    schedule: Callable
+    steps_per_epoch: int
+    total_steps: int
+    update: Callable  # jitted (state, batch, arrays) -> (state, metric sums); donates the state
+    evaluate_step: Callable  # jitted (state, batch, arrays) -> masked sums
+
+    def init(self) -> TrainState:
+        return init_state(self.model, self.tx, self.cfg.seed, self.inputs.image_shape, self.mesh)
+
+    def abstract_state(self) -> TrainState:
+        """Shapes, dtypes and (replicated) shardings of the state; nothing is computed."""
+        replicated = NamedSharding(self.mesh, P())
+        shapes = jax.eval_shape(self.init)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+
+    def batches(self, start_step: int) -> Iterator[dict]:
+        """Device batches for the calls of `update` from `start_step` on (steps_per_call steps each)."""
+        k = self.cfg.steps_per_call
+        host = self.inputs.train_batches(start_step)
+        while True:
+            if k == 1:
+                yield to_global(next(host), self.mesh, self.inputs.resident)
+            else:  # [steps, batch]: shard the batch axis
+                group = [next(host) for _ in range(k)]
+                stacked = {key: np.stack([b[key] for b in group]) for key in group[0]}
+                yield to_global(stacked, self.mesh, self.inputs.resident, 1)
+
+
+def setup(cfg: ml_collections.ConfigDict) -> Run:
+    """Check `cfg` (one-sentence errors, before anything compiles) and build the run."""
     num_devices = jax.device_count()
     check_config(cfg, num_devices)
     data_lib.validate(cfg.data)
-    profile = parse_profile_steps(cfg.profile_steps)
-    os.makedirs(workdir, exist_ok=True)
-    check_workdir_config(cfg, workdir)
-
-    mesh = create_mesh()
-    dtype = compute_dtype(cfg.model.dtype)
+    parse_profile_steps(cfg.profile_steps)
     resident = is_resident(cfg)
     if cfg.steps_per_call > 1 and not resident:
         raise ConfigError("steps_per_call > 1 needs device-resident data (CIFAR, image folders or synthetic)")
+    mesh = create_mesh()
+    dtype = compute_dtype(cfg.model.dtype)
     inputs = (in_memory_inputs if resident else streamed_inputs)(cfg, mesh, dtype)
-    num_classes = cfg.data.num_classes or inputs.num_classes
     steps_per_epoch, total_steps = optim.steps_for(cfg, inputs.num_train)
     check_intervals(cfg, total_steps)
+    model = create_model(cfg, cfg.data.num_classes or inputs.num_classes, num_devices)
+    tx, schedule = optim.create(cfg, cfg.batch_size, steps_per_epoch, total_steps)
+    step_kwargs = dict(model=model, tx=tx, inputs=inputs, mesh=mesh, skip_nonfinite=cfg.nan_policy == "skip")
+    step_fn = multi_step if cfg.steps_per_call > 1 else train_step
+    update = jax.jit(functools.partial(step_fn, **step_kwargs), donate_argnums=(0,))
+    evaluate_step = jax.jit(functools.partial(eval_step, model=model, inputs=inputs))
+    return Run(
+        cfg, mesh, dtype, inputs, model, tx, schedule, steps_per_epoch, total_steps, update, evaluate_step
+    )
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train `cfg` in `workdir`, resuming from its latest checkpoint; returns the summary dict."""
+    os.makedirs(workdir, exist_ok=True)
+    check_workdir_config(cfg, workdir)
+    run = setup(cfg)
+    inputs, mesh, total_steps, steps_per_epoch = run.inputs, run.mesh, run.total_steps, run.steps_per_epoch
+    profile = parse_profile_steps(cfg.profile_steps)
+    num_devices = jax.device_count()
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(cfg.to_json(indent=2))
 
-    # -- model, optimizer, state --
-    model = create_model(cfg, num_classes, num_devices)
-    tx, schedule = optim.create(cfg, cfg.batch_size, steps_per_epoch, total_steps)
     mngr = checkpoint_manager(workdir, cfg.keep_checkpoints)
-    abstract = jax.eval_shape(
-        lambda: init_state(model, tx, cfg.seed, inputs.image_shape, mesh)
-    )  # shapes only: nothing is computed
-    replicated = NamedSharding(mesh, P())
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract)
-    restored = restore_checkpoint(mngr, abstract) if mngr.all_steps() else None
-    if restored is None:
-        state, clock_state = init_state(model, tx, cfg.seed, inputs.image_shape, mesh), {}
-    else:
-        state, clock_state = restored
+    restored = restore_checkpoint(mngr, run.abstract_state()) if mngr.all_steps() else None
+    state, clock_state = restored if restored is not None else (run.init(), {})
     start_step = int(jax.device_get(state.step))
     params_count = models.count_params(state.params)
-
-    # -- steps --
-    step_kwargs = dict(model=model, tx=tx, inputs=inputs, mesh=mesh, skip_nonfinite=cfg.nan_policy == "skip")
-    k = cfg.steps_per_call
-    update = jax.jit(
-        functools.partial(multi_step if k > 1 else train_step, **step_kwargs), donate_argnums=(0,)
-    )
-    evaluate_step = jax.jit(functools.partial(eval_step, model=model, inputs=inputs))
+    update, evaluate_step, schedule, k = run.update, run.evaluate_step, run.schedule, cfg.steps_per_call
 
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     clock = ProgressClock(total_steps, start_step, cfg.batch_size, num_devices, clock_state)
@@ -572,27 +610,21 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{cfg.model.family} ResNet-{cfg.model.depth} ({cfg.model.shortcut}), {params_count:,} params, "
         f"{inputs.num_train:,} train / {inputs.num_eval:,} eval images, {total_steps:,} steps "
         f"({total_steps / steps_per_epoch:.1f} epochs) at batch {cfg.batch_size} on {num_devices} "
-        f"{jax.devices()[0].device_kind} device(s), {jnp.dtype(dtype).name}"
+        f"{jax.devices()[0].device_kind} device(s), {jnp.dtype(run.dtype).name}"
         + (f"; resuming from step {start_step}" if start_step else "")
     )
 
-    def stack(batches: list[dict]) -> dict:
-        return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
-
-    batches = inputs.train_batches(start_step)
+    batches = run.batches(start_step)
     total = None
     last_eval: dict = {}
     best_error = clock_state.get("best_eval_top1_error") or math.inf
-    last_good_checkpoint = mngr.latest_step()
+    last_good_checkpoint = mngr.latest_step() or "none"
     step = start_step
     with Preemption() as preemption:
         while step < total_steps:
             if profile and step == profile[0]:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
-            if k == 1:
-                batch = to_global(next(batches), mesh, inputs.resident)
-            else:  # [steps, batch]: shard the batch axis
-                batch = to_global(stack([next(batches) for _ in range(k)]), mesh, inputs.resident, 1)
+            batch = next(batches)
             if step == start_step:
                 t0 = time.perf_counter()
                 state, metrics = update(state, batch, inputs.arrays)

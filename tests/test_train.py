@@ -167,9 +167,13 @@ def test_learning_rate_schedules_follow_the_paper():
         [0.01, 0.01, 0.1, 0.1, 0.01, 0.001]
     )
     cfg = tiny_config(
-        **{"schedule.boundaries_epochs": (30, 60), "schedule.scale_by_batch": True, "schedule.warmup": "linear",
-           "schedule.warmup_epochs": 5.0}
-    )  # fmt: skip
+        **{
+            "schedule.boundaries_epochs": (30, 60),
+            "schedule.scale_by_batch": True,
+            "schedule.warmup": "linear",
+            "schedule.warmup_epochs": 5.0,
+        }
+    )
     _, sched = optim.create(cfg, 1024, 100, 9000)
     assert float(sched(0)) == 0.0 and float(sched(250)) == pytest.approx(0.2)
     assert [float(sched(s)) for s in (500, 2999, 3000, 6000)] == pytest.approx([0.4, 0.4, 0.04, 0.004])
@@ -178,8 +182,10 @@ def test_learning_rate_schedules_follow_the_paper():
 def test_weight_decay_can_exclude_bn_and_biases():
     params = {"conv1": {"kernel": 1}, "bn1": {"scale": 1, "bias": 1}, "fc": {"kernel": 1, "bias": 1}}
     assert optim.decay_mask(params, False) == {
-        "conv1": {"kernel": True}, "bn1": {"scale": False, "bias": False}, "fc": {"kernel": True, "bias": False}
-    }  # fmt: skip
+        "conv1": {"kernel": True},
+        "bn1": {"scale": False, "bias": False},
+        "fc": {"kernel": True, "bias": False},
+    }
     assert all(jax.tree.leaves(optim.decay_mask(params, True)))
 
 
