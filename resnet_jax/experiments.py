@@ -93,8 +93,7 @@ def smoke(c: ml_collections.ConfigDict) -> None:
     c.data.synthetic_examples = 64
     c.data.eval_crop = "center"
     c.data.shuffle_buffer = 64
-    if c.model.family == "imagenet":
-        c.data.image_size = 64
+    c.data.image_size = 64 if c.model.family == "imagenet" else 32
 
 
 def cifar_config(arg: str | None, dataset: str = "cifar10") -> ml_collections.ConfigDict:

@@ -8,6 +8,7 @@ call `jax.distributed.initialize()` before anything touches the devices.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -43,15 +44,36 @@ def initialize_distributed() -> None:
         )
 
 
+def flag_error(e: Exception) -> str:
+    """One sentence for a bad flag, config file, config argument or override key."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    unknown = re.search(r"'([\w.]+)'\s*\\?n?\s*Did you mean \"([\w.]+)\"", text.replace("\\'", "'"))
+    if unknown or isinstance(e, KeyError):
+        key = unknown.group(1) if unknown else text.strip("'")
+        hint = f" (did you mean {unknown.group(2)!r}?)" if unknown else ""
+        return (
+            f"unknown config key {key!r} in a --config override{hint}; the keys are in resnet_jax/config.py"
+        )
+    flat = " ".join(text.split())
+    if "Failed loading config file" in flat:
+        path = flat.split("Attempted [Relative path]:")[-1].split(" [Errno")[0].strip()
+        return f"cannot load the config file {path!r}; pass --config=configs/<file>.py[:arg]"
+    if "Error whilst parsing config file" in flat:  # get_config raised: keep its last line
+        return "bad --config argument: " + text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return flat
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl parsing, but a bad flag or config override is one sentence and exit code 2."""
+    """absl parsing, but a bad flag, config file or override is one sentence and exit code 2."""
     try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        message = str(e).splitlines()[0]
-        if "--config" in message or "config" in str(e).lower():
-            message = message.replace("'", "")
-        print(f"error: {message}", file=sys.stderr)
+        rest = FLAGS(argv)
+        if FLAGS["config"].present or FLAGS.config is not None:
+            FLAGS.config.get("seed")  # config_flags loads lazily: surface a bad file here
+        return rest
+    except (flags.Error, KeyError, AttributeError, OSError, ValueError, TypeError) as e:
+        if "--verbose" in argv:
+            raise
+        print(f"error: {flag_error(e)}", file=sys.stderr)
         sys.exit(USAGE_EXIT)
 
 

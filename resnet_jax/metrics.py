@@ -23,6 +23,19 @@ class MetricWriter:
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
+    def truncate(self, step: int) -> None:
+        """Drop records after `step`: a resumed run rewrites them exactly as they were."""
+        if not self.enabled:
+            return
+        path = os.path.join(self.workdir, "metrics.jsonl")
+        self._jsonl.close()
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and _step_of(line) <= step]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+        self._jsonl = open(path, "a")  # noqa: SIM115
+
     def write(self, step: int, record: dict) -> None:
         if not self.enabled:
             return
@@ -122,3 +135,10 @@ class ProgressClock:
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError):  # a line cut short by a kill
+        return 2**62

@@ -353,6 +353,14 @@ def accumulate(total: dict | None, metrics: dict) -> dict:
     return out
 
 
+def pending_metrics(saved: dict | None) -> dict | None:
+    """Metric sums restored from a checkpoint, with the dtypes `train_step` produces."""
+    if not saved:
+        return None
+    ints = ("nonfinite", "first_nonfinite")
+    return {k: jnp.asarray(v, jnp.int32 if k in ints else jnp.float32) for k, v in saved.items()}
+
+
 def multi_step(state, batches, arrays, **kwargs):
     """`steps_per_call` steps under one jit (lax.scan over a leading axis of the batches)."""
 
@@ -477,6 +485,14 @@ class Preemption:
                 pass
         return self
 
+    def should_stop(self) -> bool:
+        """Whether any process was asked to stop (a collective when there are several processes)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
+
     def _handle(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -585,9 +601,30 @@ def setup(cfg: ml_collections.ConfigDict) -> Run:
     )
 
 
+def check_workdir(workdir: str) -> None:
+    """The workdir must be creatable and writable before anything else happens."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write to --workdir {workdir} ({e.strerror}); choose a writable directory"
+        ) from None
+
+
+def checkpoint_failure(mngr: ocp.CheckpointManager, step: int, good, e: Exception) -> TrainingError:
+    return TrainingError(
+        f"writing checkpoint {step} in {mngr.directory} failed ({type(e).__name__}: {e}); the last complete "
+        f"checkpoint (step {good}) is intact: free disk space or fix permissions, then rerun the same command"
+    )
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train `cfg` in `workdir`, resuming from its latest checkpoint; returns the summary dict."""
-    os.makedirs(workdir, exist_ok=True)
+    check_workdir(workdir)
     check_workdir_config(cfg, workdir)
     run = setup(cfg)
     inputs, mesh, total_steps, steps_per_epoch = run.inputs, run.mesh, run.total_steps, run.steps_per_epoch
@@ -605,6 +642,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     update, evaluate_step, schedule, k = run.update, run.evaluate_step, run.schedule, cfg.steps_per_call
 
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    writer.truncate(start_step)
     clock = ProgressClock(total_steps, start_step, cfg.batch_size, num_devices, clock_state)
     writer.console(
         f"{cfg.model.family} ResNet-{cfg.model.depth} ({cfg.model.shortcut}), {params_count:,} params, "
@@ -615,7 +653,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     batches = run.batches(start_step)
-    total = None
+    total = pending_metrics(clock_state.get("pending_metrics"))
     last_eval: dict = {}
     best_error = clock_state.get("best_eval_top1_error") or math.inf
     last_good_checkpoint = mngr.latest_step() or "none"
@@ -640,19 +678,26 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 jax.profiler.stop_trace()
 
             final = step >= total_steps
+            do_log = step % cfg.log_every_steps == 0 or final
+            # Several processes agree on preemption at log steps (a collective); one checks every step.
+            stop = preemption.should_stop() if do_log or jax.process_count() == 1 else False
             do_eval = step % cfg.eval_every_steps == 0 or final
-            do_ckpt = step % cfg.checkpoint_every_steps == 0 or final or do_eval or preemption.requested
-            if step % cfg.log_every_steps == 0 or final or do_ckpt:
+            do_ckpt = step % cfg.checkpoint_every_steps == 0 or final or do_eval or stop
+            pending = None  # metric sums of a log interval cut by a checkpoint: kept in it
+            if do_log or do_ckpt:
                 summed = jax.device_get(total)
-                total = None
                 if summed["nonfinite"] and cfg.nan_policy == "stop":
                     raise TrainingError(
                         f"non-finite loss at step {int(summed['first_nonfinite'])}; "
                         f"last good checkpoint: step {last_good_checkpoint}"
                     )
-                record = clock.log(step, summed, float(schedule(step - 1)), steps_per_epoch)
-                writer.write(step, record)
-                writer.console(clock.progress_line(step, record))
+                if do_log:
+                    total = None
+                    record = clock.log(step, summed, float(schedule(step - 1)), steps_per_epoch)
+                    writer.write(step, record)
+                    writer.console(clock.progress_line(step, record))
+                else:
+                    pending = {key: value.item() for key, value in summed.items()}
             if do_eval:
                 last_eval = evaluate(state, inputs, evaluate_step, mesh)
                 best_error = min(best_error, last_eval["eval/top1_error"])
@@ -662,11 +707,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     f"{last_eval['eval/top1_error']:.2f}%, top-5 error {last_eval['eval/top5_error']:.2f}%"
                 )
             if do_ckpt:
-                save_checkpoint(mngr, state, clock.state(best_error), last_eval if do_eval else None)
+                try:
+                    clock_state = {**clock.state(best_error), "pending_metrics": pending}
+                    save_checkpoint(mngr, state, clock_state, last_eval if do_eval else None)
+                except Exception as e:  # noqa: BLE001 - includes the previous async write's error
+                    raise checkpoint_failure(mngr, step, mngr.latest_step(), e) from e
                 last_good_checkpoint = step
             if do_eval or do_ckpt:
                 clock.start(step)  # throughput counts training time only
-            if preemption.requested and not final:
+            if stop and not final:
                 mngr.wait_until_finished()
                 writer.console(
                     f"preempted at step {step}; checkpoint saved; rerun the same command to resume"
@@ -675,7 +724,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 return {"done": False, "step": step}
     if not last_eval:  # resumed a run that had already finished
         last_eval = evaluate(state, inputs, evaluate_step, mesh)
-    mngr.wait_until_finished()
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+        raise checkpoint_failure(mngr, step, "earlier", e) from e
     mngr.close()
     summary = {
         "done": True,

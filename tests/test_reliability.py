@@ -1,0 +1,176 @@
+"""Faults: kill -9 anywhere, preemption signals, damaged checkpoints, changed configs, failed writes.
+
+Each faulty run must end where an uninterrupted run ends, to the bit (float32, CPU).
+"""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+from helpers import ROOT, assert_trees_equal, read_metrics, restore_state, tiny_config
+
+from resnet_jax import train
+
+STEPS = 24
+OVERRIDES = dict(num_train_steps=STEPS, checkpoint_every_steps=2, log_every_steps=2, eval_every_steps=8)
+DETERMINISTIC = ("step", "epoch", "train/loss", "train/top1_error", "lr", "eval/loss", "eval/top1_error")
+
+
+def cli(workdir, *extra) -> list[str]:
+    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    return [
+        sys.executable,
+        "-m",
+        "resnet_jax.main",
+        "--config=tests/configs/tiny.py",
+        f"--workdir={workdir}",
+    ] + [
+        *flags,
+        *extra,
+    ]
+
+
+def start(workdir, *extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        cli(workdir, *extra), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def finish(workdir, *extra) -> str:
+    out = subprocess.run(cli(workdir, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def deterministic_metrics(workdir) -> list[dict]:
+    return [{k: r[k] for k in DETERMINISTIC if k in r} for r in read_metrics(workdir)]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run every faulty run must reproduce."""
+    workdir = tmp_path_factory.mktemp("straight")
+    train.train_and_evaluate(tiny_config(**OVERRIDES), str(workdir))
+    return workdir
+
+
+def assert_same_run(a, b) -> None:
+    assert_trees_equal(restore_state(a, STEPS), restore_state(b, STEPS))
+    assert deterministic_metrics(a) == deterministic_metrics(b)
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    d = workdir / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def test_kill_9_three_times_then_resume_is_bit_identical(straight, tmp_path):
+    rng = random.Random(0)
+    kills = 0
+    while kills < 3:
+        proc = start(tmp_path)
+        before = max(checkpoint_steps(tmp_path), default=0)
+        # Wait for training to make progress past the last checkpoint, then kill at a random moment
+        # (often while an asynchronous checkpoint is being written).
+        deadline = time.time() + 300
+        while max(checkpoint_steps(tmp_path), default=0) <= before and time.time() < deadline:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.4))
+        if proc.poll() is not None:  # finished before we could kill it: start over in a fresh dir
+            shutil.rmtree(tmp_path)
+            tmp_path.mkdir()
+            kills = 0
+            continue
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    out = finish(tmp_path)
+    assert "resuming from step" in out
+    assert_same_run(straight, tmp_path)
+
+
+def test_sigterm_checkpoints_exits_0_and_resumes(straight, tmp_path):
+    proc = start(tmp_path)
+    deadline = time.time() + 300
+    while not checkpoint_steps(tmp_path) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    if "preempted at step" in out:  # (the run may also have finished just before the signal)
+        step = int(out.split("preempted at step ")[1].split(";")[0])
+        assert "checkpoint saved; rerun the same command to resume" in out
+        assert step in checkpoint_steps(tmp_path)
+    finish(tmp_path)
+    assert_same_run(straight, tmp_path)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(straight, tmp_path):
+    train.train_and_evaluate(tiny_config(**{**OVERRIDES, "num_train_steps": 8}), str(tmp_path))
+    latest = tmp_path / "checkpoints" / "8" / "state"
+    for f in latest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncate every file
+    out = finish(tmp_path)
+    assert f"checkpoint {tmp_path / 'checkpoints' / '8'} is unreadable" in out
+    assert "resuming from step 6" in out
+    assert_same_run(straight, tmp_path)
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    train.train_and_evaluate(
+        tiny_config(**{**OVERRIDES, "num_train_steps": 4, "eval_every_steps": 4}), str(tmp_path)
+    )
+    for f in (tmp_path / "checkpoints").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"")
+    with pytest.raises(train.TrainingError, match="no usable checkpoint in .*; move it away to start afresh"):
+        train.train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path))
+
+
+def test_a_workdir_with_another_model_is_refused(tmp_path):
+    train.train_and_evaluate(tiny_config(**{"num_train_steps": 2, "eval_every_steps": 2}), str(tmp_path))
+    changed = tiny_config(**{"model.depth": 14, "model.shortcut": "B"})
+    with pytest.raises(train.ConfigError, match=r"different config \(model.depth, model.shortcut\)"):
+        train.train_and_evaluate(changed, str(tmp_path))
+    changed.allow_config_change = True
+    assert train.train_and_evaluate(changed, str(tmp_path))["done"]
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        if step >= 4:
+            raise OSError(28, "No space left on device")
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(
+        train.TrainingError, match=r"writing checkpoint 4 .* failed .*No space left.* \(step 2\) is intact"
+    ):
+        train.train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path))
+    assert checkpoint_steps(tmp_path) == [2]
+    assert restore_state(tmp_path, 2)["step"] == 2
+
+
+def test_an_unwritable_workdir_is_one_sentence(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(train.ConfigError, match="cannot write to --workdir .*; choose a writable directory"):
+        train.train_and_evaluate(tiny_config(), str(blocker / "run"))
+
+
+def test_devices_are_eight():
+    assert jax.device_count() == 8  # the subprocesses inherit the same XLA_FLAGS
+    assert "device_count=8" in os.environ["XLA_FLAGS"]
