@@ -110,8 +110,8 @@ def main(argv: list[str]) -> None:
         print(f"done: step {summary['step']}, test top-1 error {err:.2f}%" if err is not None else "done")
 
 
-def run() -> None:
-    app.run(main, flags_parser=parse_flags)
+def run(argv: list[str] | None = None) -> None:
+    app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

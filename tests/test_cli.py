@@ -1,0 +1,157 @@
+"""Bad input stops before anything compiles, in one sentence; the CLI exits 2 without a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+from helpers import CIFAR_TAR, ROOT, tiny_config
+from PIL import Image
+
+from resnet_jax import data, train
+
+
+def layout(root, splits=("train", "test"), classes=("cat", "dog"), skip=()) -> str:
+    for split in splits:
+        for c in classes:
+            if (split, c) in skip:
+                continue
+            d = root / split / c
+            d.mkdir(parents=True)
+            Image.new("RGB", (32, 32), (10, 20, 30)).save(d / "0.jpg")
+    return str(root)
+
+
+BAD_CONFIGS = {
+    "cifar depth": ({"model.depth": 21}, train.ConfigError, r"CIFAR depth must be 6n\+2 .*; got 21"),
+    "imagenet depth": (
+        {"model.family": "imagenet", "model.depth": 42},
+        train.ConfigError,
+        "ImageNet depth must be one of 18, 34, 50, 101, 152; got 42",
+    ),
+    "shortcut": (
+        {"model.shortcut": "D"},
+        train.ConfigError,
+        "shortcut must be one of A, B, C, none; got 'D'",
+    ),
+    "family": ({"model.family": "vgg"}, train.ConfigError, "model family must be one of cifar, imagenet"),
+    "batch vs devices": (
+        {"batch_size": 12},
+        train.ConfigError,
+        "batch_size 12 must be a positive multiple of the 8",
+    ),
+    "bn group": (
+        {"model.bn": "ghost", "model.bn_group_size": 3},
+        train.ConfigError,
+        "model.bn_group_size 3 must divide the per-device batch of 2",
+    ),
+    "bn mode": (
+        {"model.bn": "sync"},
+        train.ConfigError,
+        "model.bn must be 'global', 'per_device' or 'ghost'",
+    ),
+    "dataset name": ({"data.name": "not_a_dataset"}, data.DataError, "not_a_dataset"),
+    "eval interval": (
+        {"eval_every_steps": 100},
+        train.ConfigError,
+        "eval_every_steps is 100 but the run has 4 steps",
+    ),
+    "checkpoint interval": (
+        {"checkpoint_every_steps": 5},
+        train.ConfigError,
+        "checkpoint_every_steps is 5 but the run has 4 steps",
+    ),
+    "dtype": ({"model.dtype": "int8"}, train.ConfigError, "model.dtype must be 'auto' or one of"),
+    "missing path": (
+        {"data.name": "image_folder", "data.path": "/nonexistent/cifar"},
+        data.DataError,
+        "nonexistent",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CONFIGS))
+def test_bad_configs_fail_in_setup_with_one_sentence(name):
+    overrides, error, message = BAD_CONFIGS[name]
+    with pytest.raises(error, match=message) as info:
+        train.setup(tiny_config(**overrides))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("not a folder", "neither a directory nor a .tar/.tar.gz archive"),
+        ("wrong layout", "train"),
+        ("class missing from a split", "dog"),
+        ("unreadable image", "0.jpg"),
+    ],
+)
+def test_bad_image_folders_fail_in_setup_naming_the_problem(tmp_path, case, message):
+    if case == "not a folder":
+        path = tmp_path / "file.txt"
+        path.write_text("x")
+    elif case == "wrong layout":
+        path = layout(tmp_path, splits=("training",))
+    elif case == "class missing from a split":
+        path = layout(tmp_path, skip=(("test", "dog"),))
+    else:
+        path = layout(tmp_path)
+        (tmp_path / "train" / "cat" / "0.jpg").write_bytes(b"not a jpeg")
+    cfg = tiny_config(
+        **{"data.name": "image_folder", "data.path": str(path), "data.cache_dir": str(tmp_path / "c")}
+    )
+    with pytest.raises(data.DataError, match=message) as info:
+        train.setup(cfg)
+    assert "\n" not in str(info.value)
+
+
+def cli(*args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "resnet_jax.main", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_cli_exits_2_with_one_sentence_and_no_traceback(tmp_path):
+    tiny = ["--config=tests/configs/tiny.py", f"--workdir={tmp_path / 'w'}"]
+    cases = {
+        "typo in an override": ([*tiny, "--config.modle.depth=3"], "unknown config key 'modle'"),
+        "bad config argument": (["--config=configs/cifar10.py:resnet21", f"--workdir={tmp_path}"], "6n+2"),
+        "missing config file": (["--config=configs/nope.py", f"--workdir={tmp_path}"], "configs/nope.py"),
+        "model error": ([*tiny, "--config.model.shortcut=D"], "shortcut must be one of"),
+        "config error": ([*tiny, "--config.batch_size=12"], "must be a positive multiple of the 8 devices"),
+        "data error": (
+            [*tiny, "--config.data.name=image_folder", "--config.data.path=/nonexistent"],
+            "nonexist",
+        ),
+        "no workdir": (["--config=tests/configs/tiny.py"], "--workdir"),
+    }
+    procs = {name: cli(*argv) for name, (argv, _) in cases.items()}  # all at once: they only import
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (name, out, err)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+        assert cases[name][1] in lines[0], (name, lines[0])
+        assert "Traceback" not in err
+
+
+def test_trains_with_tensorflow_unavailable(tmp_path):
+    """Image folders and synthetic data need neither tensorflow nor tensorflow_datasets."""
+    block = (
+        "import importlib.util, sys\n"
+        "ABSENT = ('tensorflow', 'tensorflow_datasets')\n"
+        "find_spec = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, package=None: (\n"
+        "    None if name.split('.')[0] in ABSENT else find_spec(name, package))\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ABSENT:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "from resnet_jax import main\n"  # config_flags reads its overrides from sys.argv
+        f"sys.argv = ['main', '--config=tests/configs/tiny.py:cifar', '--workdir={tmp_path}',"
+        f" '--config.data.path={CIFAR_TAR}']\n"
+        "main.run()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "done: step 4" in out.stdout
