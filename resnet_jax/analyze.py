@@ -3,7 +3,8 @@
     python -m resnet_jax.analyze responses --workdir=runs/plain20,runs/resnet20 [--labels=plain-20,ResNet-20]
         [--step=N] [--max_examples=N] [--statistic=channel|all] [--out=<dir>]
     python -m resnet_jax.analyze gradients --workdir=runs/plain20,runs/resnet20 [--step=N] [--at_init]
-    python -m resnet_jax.analyze gradients --config=configs/cifar10.py:plain20 --config=configs/cifar10.py:resnet20
+    python -m resnet_jax.analyze gradients --config=configs/cifar10.py:plain20 \
+        --config=configs/cifar10.py:resnet20 [--override=key=value ...] [--batches=N]
 
 Responses: for every 3x3 convolution (the CIFAR stem included), its BN output (eval mode: running
 statistics), i.e. before the ReLU and before the shortcut addition, over the evaluation set. For each
@@ -306,3 +307,226 @@ def gradients(net: Net, num_batches: int = 4) -> list[dict]:
         dict(block_index=i, block=name, grad_norm=totals[name] / num_batches, batches=num_batches)
         for i, name in enumerate(names)
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: CSV, plots and the console table.
+
+
+def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_responses(results: dict[str, list[dict]], key: str, path: pathlib.Path) -> None:
+    """Figure 7: std against layer index (top), and sorted by magnitude (bottom), one line per net."""
+    from resnet_jax.report import pyplot
+
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7))
+    for label, rows in results.items():
+        stds = [r[key] for r in rows]
+        top.plot(range(1, len(stds) + 1), stds, marker=".", label=label)
+        bottom.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), marker=".", label=label)
+    top.set_xlabel("layer index (original)")
+    bottom.set_xlabel("layer index (sorted by magnitude)")
+    what = "std (mean over channels)" if key == "std" else "std (all elements)"
+    for ax in (top, bottom):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_gradients(results: dict[str, list[dict]], path: pathlib.Path) -> None:
+    """Per-block gradient norm against block index (0: stem, last: fc), log y, one line per net."""
+    from resnet_jax.report import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, rows in results.items():
+        ax.plot([r["block_index"] for r in rows], [r["grad_norm"] for r in rows], marker=".", label=label)
+    ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("block index (0: stem, last: fc)")
+    ax.set_ylabel("gradient norm")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(results: dict[str, list[dict]], index: str, name: str, value: str) -> str:
+    """One row per index, one column per net; the name column only where every net has the same name."""
+    longest = max(results.values(), key=len)
+    header = [index, name, *results]
+    body = []
+    for i, row in enumerate(longest):
+        names = {rows[i][name] if i < len(rows) else None for rows in results.values()}
+        cells = [str(row[index]), row[name] if len(names) == 1 else ""]
+        cells += [f"{rows[i][value]:.4g}" if i < len(rows) else "" for rows in results.values()]
+        body.append(cells)
+    widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if k == 1 else c.rjust(w) for k, (c, w) in pairs).rstrip()
+
+    return "\n".join([line(header), "-" * len(line(header)), *map(line, body)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one sentence and exit status 2."""
+
+    def error(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    if not argv or argv[0] not in COMMANDS:
+        got = repr(argv[0]) if argv else "nothing"
+        raise AnalysisError(f"the first argument must be one of {', '.join(COMMANDS)}; got {got}")
+    p = Parser(prog=f"python -m resnet_jax.analyze {argv[0]}", description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default="", help="run directories, comma-separated")
+    p.add_argument(
+        "--labels", default="", help="comma-separated legend labels (default: plain-20, ResNet-56, ...)"
+    )
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--out", default="", help="output directory (default: <first workdir>/analysis)")
+    if argv[0] == "responses":
+        p.add_argument("--max_examples", type=int, default=0, help="evaluation examples to use (0: all)")
+        p.add_argument("--statistic", choices=("channel", "all"), default="channel", help="std plotted")
+    else:
+        p.add_argument("--config", action="append", default=[], help="config file[:arg], at initialisation")
+        p.add_argument("--override", action="append", default=[], help="key=value for every --config")
+        p.add_argument("--at_init", action="store_true", help="workdirs: their config, freshly initialised")
+        p.add_argument("--batches", type=int, default=4, help="training batches to average over")
+    args = p.parse_args(argv[1:])
+    args.command = argv[0]
+    return args
+
+
+def nets_from_args(args: argparse.Namespace) -> list[Net]:
+    """Every --workdir (restored) and --config (initialised) net, labelled."""
+    from resnet_jax import experiments, sweep
+
+    specs: list[tuple[Any, str | None]] = []
+    for workdir in [w for w in args.workdir.split(",") if w]:
+        if not os.path.isdir(workdir):
+            raise AnalysisError(f"no such run directory: {workdir}")
+        specs.append((read_config(workdir), workdir))
+    for spec in getattr(args, "config", []):
+        try:
+            cfg = experiments.load_config(spec)
+            for key, value in sweep.parse_overrides(args.override).items():
+                set_dotted(cfg, key, value)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise AnalysisError(f"cannot load config {spec}: {e}") from None
+        specs.append((cfg, None))
+    if not specs:
+        extra = " or --config=<file.py[:arg]>" if args.command == "gradients" else ""
+        raise AnalysisError(f"give --workdir=<run>[,<run>...]{extra}")
+    labels = [x for x in args.labels.split(",") if x]
+    if labels and len(labels) != len(specs):
+        raise AnalysisError(f"--labels has {len(labels)} names for {len(specs)} nets")
+    if args.step is not None and args.command == "gradients" and not any(w for _, w in specs):
+        raise AnalysisError("--step needs a --workdir")
+    nets = []
+    at_init = getattr(args, "at_init", False)
+    for i, (cfg, workdir) in enumerate(specs):
+        net = load_net(cfg, labels[i] if labels else net_name(cfg), workdir, args.step, at_init)
+        if not labels and args.command == "gradients":
+            net.label += " at init" if net.step is None else f" at step {net.step}"
+        nets.append(net)
+    seen: dict[str, int] = {}
+    for net in nets:  # legend labels must be unique
+        seen[net.label] = seen.get(net.label, 0) + 1
+        if seen[net.label] > 1:
+            net.label += f" ({seen[net.label]})"
+    return nets
+
+
+def set_dotted(cfg: Any, key: str, value: str) -> None:
+    """cfg["model"]["depth"] = value for "model.depth", the value parsed as the existing key's type."""
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    old = node[leaf]
+    if isinstance(old, bool):
+        node[leaf] = value.lower() in ("1", "true", "yes")
+    elif isinstance(old, (int, float)):
+        node[leaf] = type(old)(value)
+    else:
+        node[leaf] = value
+
+
+def output_dir(args: argparse.Namespace) -> pathlib.Path:
+    first = next((w for w in args.workdir.split(",") if w), "")
+    out = pathlib.Path(args.out or (os.path.join(first, "analysis") if first else "analysis"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_responses(args: argparse.Namespace, nets: list[Net]) -> list[pathlib.Path]:
+    results = {net.label: responses(net, args.max_examples) for net in nets}
+    key = "std" if args.statistic == "channel" else "std_all"
+    out = output_dir(args)
+    rows = [dict(net=net.label, step=net.step, **row) for net in nets for row in results[net.label]]
+    paths = [out / "responses.csv", out / "responses.png"]
+    write_csv(paths[0], rows)
+    plot_responses(results, key, paths[1])
+    examples = {r["examples"] for r in rows}
+    print(
+        f"std of each 3x3 layer's BN output ({'mean over channels' if key == 'std' else 'all elements'}), "
+        f"over {', '.join(map(str, sorted(examples)))} evaluation examples"
+    )
+    print(table(results, "layer_index", "layer", key))
+    return paths
+
+
+def run_gradients(args: argparse.Namespace, nets: list[Net]) -> list[pathlib.Path]:
+    results = {net.label: gradients(net, args.batches) for net in nets}
+    out = output_dir(args)
+    rows = [dict(net=net.label, step=net.step, **row) for net in nets for row in results[net.label]]
+    paths = [out / "gradients.csv", out / "gradients.png"]
+    write_csv(paths[0], rows)
+    plot_gradients(results, paths[1])
+    what = "L2 norm of the loss gradient w.r.t. each block's parameters"
+    print(f"{what}, mean over {args.batches} training batches")
+    print(table(results, "block_index", "block", "grad_norm"))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; bad input is one sentence on stderr and exit status 2."""
+    from absl import logging
+
+    from resnet_jax import data, models, train
+
+    logging.set_verbosity(logging.ERROR)  # orbax warns about read-only managers
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+        nets = nets_from_args(args)
+        paths = (run_responses if args.command == "responses" else run_gradients)(args, nets)
+    except (AnalysisError, train.ConfigError, models.ModelError, data.DataError, train.TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_EXIT
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
