@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, tiny_config
 
-from resnet_jax import analyze, train
+from resnet_jax import analyze, models, train
 
 pytestmark = pytest.mark.needs_trainer
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
@@ -21,12 +21,12 @@ TINY = str(ROOT / "tests" / "configs" / "tiny.py")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, pathlib.Path]:
-    """plain-8 and ResNet-8, two steps each on synthetic data, checkpointed at steps 1 and 2."""
+    """plain-8 and ResNet-8, two steps each on synthetic data, one checkpoint (step 2)."""
     out = {}
     for name, shortcut in (("plain", "none"), ("resnet", "A")):
         workdir = tmp_path_factory.mktemp(name)
         cfg = tiny_config(
-            num_train_steps=2, log_every_steps=1, eval_every_steps=2, checkpoint_every_steps=1,
+            num_train_steps=2, log_every_steps=1, eval_every_steps=2, checkpoint_every_steps=2,
             **{"model.shortcut": shortcut},
         )  # fmt: skip
         train.train_and_evaluate(cfg, str(workdir))
@@ -67,8 +67,8 @@ def bn_eval(x: jax.Array, params: dict, stats: dict) -> jax.Array:
 
 def test_residual_response_is_the_bn_output_before_the_addition(runs):
     cfg = analyze.read_config(str(runs["resnet"]))
-    net = analyze.load_net(cfg, "r", str(runs["resnet"]), step=1, at_init=False)
-    assert net.step == 1
+    net = analyze.load_net(cfg, "r", str(runs["resnet"]), step=2, at_init=False)
+    assert net.step == 2
     batch = {"index": np.arange(24, dtype=np.int32), "mask": np.ones(24, bool)}
     images, _, _ = net.run.inputs.eval_images(batch, net.run.inputs.arrays)
     p, s = net.variables["params"], net.variables["batch_stats"]
@@ -77,7 +77,7 @@ def test_residual_response_is_the_bn_output_before_the_addition(runs):
     r1 = bn_eval(conv3x3(x, b["conv1"]["kernel"]), b["bn1"], bs["bn1"])
     r2 = bn_eval(conv3x3(jax.nn.relu(r1), b["conv2"]["kernel"]), b["bn2"], bs["bn2"])
     layers = analyze.response_layers(p)
-    got = analyze.layer_responses(net.model, net.variables, images, layers)
+    got = jax.jit(lambda v, x: analyze.layer_responses(net.model, v, x, layers))(net.variables, images)
     np.testing.assert_allclose(got["stage1_block0/bn1"], r1, atol=1e-4)  # before the ReLU
     np.testing.assert_allclose(got["stage1_block0/bn2"], r2, atol=1e-4)  # before the addition
     assert float(r1.min()) < 0 and not np.allclose(r2, jax.nn.relu(r2 + x), atol=1e-2)
@@ -89,12 +89,12 @@ def test_residual_response_is_the_bn_output_before_the_addition(runs):
 
 def test_gradients_at_init_and_at_a_checkpoint(runs, tmp_path, capsys):
     argv = ["gradients", f"--config={TINY}:plain", f"--config={TINY}", f"--workdir={runs['resnet']}"]
-    assert analyze.main([*argv, "--step=1", "--batches=2", f"--out={tmp_path}"]) == 0
+    assert analyze.main([*argv, "--step=2", "--batches=2", f"--out={tmp_path}"]) == 0
     rows = read_csv(tmp_path / "gradients.csv")
     nets = {r["net"]: [] for r in rows}
     for r in rows:
         nets[r["net"]].append(r)
-    assert list(nets) == ["ResNet-8 at step 1", "plain-8 at init", "ResNet-8 at init"]
+    assert list(nets) == ["ResNet-8 at step 2", "plain-8 at init", "ResNet-8 at init"]
     for net_rows in nets.values():  # stem, 3n = 3 blocks, fc
         assert [r["block"] for r in net_rows] == [
             "stem",
@@ -119,9 +119,10 @@ def test_scanned_runs_are_analysed_unstacked():
     layers = analyze.response_layers(net.variables["params"])
     assert len(layers) == 19 and layers[4] == ("stage1_block1", "bn2")
     images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
-    state = net.run.init()
-    scanned = net.run.model.apply({"params": state.params, "batch_stats": state.batch_stats}, images)
-    np.testing.assert_allclose(net.model.apply(net.variables, images), scanned, atol=1e-4)
+    stacked = models.convert_variables(net.variables, to_scan=True)  # the checkpoint's layout
+    assert "stage1_scan" in stacked["params"] and "stage1_block1" in net.variables["params"]
+    scanned = jax.jit(net.run.model.apply)(stacked, images)
+    np.testing.assert_allclose(jax.jit(net.model.apply)(net.variables, images), scanned, atol=1e-4)
 
 
 def test_bad_input_is_one_sentence_and_exit_2(runs, tmp_path, capsys):
