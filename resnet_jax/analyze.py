@@ -6,11 +6,13 @@
     python -m resnet_jax.analyze gradients --config=configs/cifar10.py:plain20 \
         --config=configs/cifar10.py:resnet20 [--override=key=value ...] [--batches=N]
 
-Responses: for every 3x3 convolution (the CIFAR stem included), its BN output (eval mode: running
-statistics), i.e. before the ReLU and before the shortcut addition, over the evaluation set. For each
-output channel c, std_c is the population standard deviation over all examples and positions; a layer's
-`std` is the mean of std_c over its channels. `std_all` is the std over all the layer's elements
-(examples, positions and channels together: sqrt(mean_c var_c + var_c mean_c)).
+Responses: for every 3x3 convolution, its BN output (eval mode: running statistics), i.e. before the
+ReLU and before the shortcut addition, over the evaluation set. The CIFAR stem is a 3x3 layer and counts
+(layer 1), so a CIFAR net of depth 6n+2 has 6n+1 layers (ResNet-20: 19); both BNs of a basic block count
+(bn1 is followed by a ReLU only, bn2 by the addition), of a bottleneck only bn2. For each output channel
+c, std_c is the population standard deviation over all examples and positions; a layer's `std` is the
+mean of std_c over its channels. `std_all` is the std over all the layer's elements (examples, positions
+and channels together: sqrt(mean_c var_c + var_c mean_c)); the CSV has both, --statistic picks the plot's.
 
 Gradients: the L2 norm of the gradient of the training loss (train-mode BN, as the trainer's step)
 with respect to all parameters of each block (the stem and fc as their own rows), averaged over
@@ -231,6 +233,9 @@ def responses(net: Net, max_examples: int = 0) -> list[dict]:
     @jax.jit
     def moments(variables: dict, batch: dict, arrays: dict) -> dict:
         images, _, mask = run.inputs.eval_images(batch, arrays)
+        if images.ndim == 5:  # ten-crop evaluation: every crop of an example counts
+            crops = images.shape[1]
+            images, mask = images.reshape((-1, *images.shape[2:])), jnp.repeat(mask, crops)
         ys = layer_responses(model, variables, images.astype(jnp.float32), layers)
         return {name: masked_moments(y, mask) for name, y in ys.items()}
 
