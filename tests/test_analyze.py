@@ -141,3 +141,13 @@ def test_bad_input_is_one_sentence_and_exit_2(runs, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, (argv, err)
     assert json.loads((empty / "config.json").read_text())["model"]["shortcut"] == "none"
+
+
+@pytest.mark.parametrize("depth, count", [(18, 16), (50, 16)])
+def test_imagenet_layers_are_the_3x3_convolutions(depth, count):
+    """Basic blocks: both BNs; bottlenecks: bn2 only; the 7x7 stem and 1x1 projections never."""
+    model = models.create("imagenet", depth, "B")
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    layers = analyze.response_layers(shapes["params"])
+    assert len(layers) == count and ("bn1",) not in layers
+    assert {p[-1] for p in layers} == ({"bn1", "bn2"} if depth == 18 else {"bn2"})
