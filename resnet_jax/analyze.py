@@ -66,7 +66,7 @@ class Net:
 
 
 def net_name(cfg: Any) -> str:
-    """ "plain-20", "ResNet-56", "ResNet-34 (B)": the paper's names (shortcut shown unless it is A)."""
+    """The paper's name of the net: plain-20, ResNet-56, ResNet-34 (B) (the shortcut shown unless A)."""
     m = cfg.model
     if m.shortcut == "none":
         return f"plain-{m.depth}"
