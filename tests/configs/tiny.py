@@ -15,6 +15,8 @@ def get_config(arg: str | None = None):
     c.data.image_size = 32
     c.data.synthetic_examples = 64
     c.data.eval_batch_size = 24
+    if arg == "plain":  # the plain counterpart (no shortcuts)
+        c.model.shortcut = "none"
     if arg == "cifar":  # the real JPEG archive beside the checkout
         c.data.name = "cifar10"
         c.data.path = "../shared/datasets/cifar10-jpeg.tar.gz"
