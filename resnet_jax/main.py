@@ -21,6 +21,9 @@ flags.DEFINE_bool("verbose", False, "Show the full traceback of configuration an
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 60, "Multi-process: when a process dies, the others stop after this long."
+)
 
 USAGE_EXIT = 2
 
@@ -41,6 +44,7 @@ def initialize_distributed() -> None:
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
 
 

@@ -459,11 +459,28 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, abstract: TrainState) -> tup
             print(f"warning: checkpoint {where} is unreadable ({type(e).__name__}); trying the previous one")
             if i == len(steps) - 1:
                 raise TrainingError(
-                    f"no usable checkpoint in {mngr.directory}; move it away to start afresh"
+                    f"no usable checkpoint in {mngr.directory} (the newest failed with {type(e).__name__}); "
+                    "move the directory away to start afresh"
                 ) from None
             continue
+        set_aside(mngr, steps[:i])
         return restored["state"], dict(restored["clock"] or {})
     return None
+
+
+def set_aside(mngr: ocp.CheckpointManager, damaged: list[int]) -> None:
+    """Rename unreadable checkpoints to `<step>.damaged` (kept for inspection, ignored by orbax)."""
+    if not damaged:
+        return
+    if jax.process_index() == 0:
+        for step in damaged:
+            path = os.path.join(str(mngr.directory), str(step))
+            os.replace(path, f"{path}.damaged-{int(time.time())}")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("set_aside_damaged_checkpoints")
+    mngr.reload()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,7 +632,14 @@ def check_workdir(workdir: str) -> None:
         ) from None
 
 
-def checkpoint_failure(mngr: ocp.CheckpointManager, step: int, good, e: Exception) -> TrainingError:
+def checkpoint_failure(mngr: ocp.CheckpointManager, step: int, e: Exception) -> TrainingError:
+    """Let earlier asynchronous saves finish, then name the last complete checkpoint."""
+    try:
+        mngr.wait_until_finished()
+    except Exception:  # noqa: BLE001,S110 - the failure being reported
+        pass
+    mngr.reload()
+    good = mngr.latest_step()
     return TrainingError(
         f"writing checkpoint {step} in {mngr.directory} failed ({type(e).__name__}: {e}); the last complete "
         f"checkpoint (step {good}) is intact: free disk space or fix permissions, then rerun the same command"
@@ -711,7 +735,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     clock_state = {**clock.state(best_error), "pending_metrics": pending}
                     save_checkpoint(mngr, state, clock_state, last_eval if do_eval else None)
                 except Exception as e:  # noqa: BLE001 - includes the previous async write's error
-                    raise checkpoint_failure(mngr, step, mngr.latest_step(), e) from e
+                    raise checkpoint_failure(mngr, step, e) from e
                 last_good_checkpoint = step
             if do_eval or do_ckpt:
                 clock.start(step)  # throughput counts training time only
@@ -727,7 +751,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         mngr.wait_until_finished()
     except Exception as e:  # noqa: BLE001
-        raise checkpoint_failure(mngr, step, "earlier", e) from e
+        raise checkpoint_failure(mngr, step, e) from e
     mngr.close()
     summary = {
         "done": True,

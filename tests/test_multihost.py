@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -18,23 +19,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_with_eight_devices(tmp_path):
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    train.train_and_evaluate(tiny_config(), str(single))
-
+def start_pair(workdir, *extra: str) -> list[subprocess.Popen]:
+    """Process 0 and 1 of a 2 x 4-device CPU run on localhost."""
     port = free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    procs = [
+    flags = [
+        "--config=tests/configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--coordinator_address=127.0.0.1:{port}",
+    ]
+    return [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "resnet_jax.main",
-                "--config=tests/configs/tiny.py",
-                f"--workdir={multi}",
-                f"--coordinator_address=127.0.0.1:{port}",
+                *flags,
                 "--num_processes=2",
                 f"--process_id={i}",
+                *extra,
             ],
             cwd=ROOT,
             env=env,
@@ -44,6 +47,30 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
         )  # fmt: skip
         for i in range(2)
     ]
+
+
+def test_when_one_process_dies_the_other_stops_naming_it(tmp_path):
+    long_run = ["--config.num_train_steps=100000", "--config.eval_every_steps=100000"]
+    procs = start_pair(
+        tmp_path, "--heartbeat_timeout_seconds=10", *long_run, "--config.checkpoint_every_steps=100000"
+    )
+    deadline = time.time() + 300
+    while not (tmp_path / "metrics.jsonl").exists() or not (tmp_path / "metrics.jsonl").read_text():
+        assert time.time() < deadline and procs[0].poll() is None
+        time.sleep(0.2)
+    procs[1].kill()
+    killed = time.time()
+    out = procs[0].communicate(timeout=120)[0]
+    assert procs[0].returncode != 0
+    assert time.time() - killed < 60
+    assert "unhealthy (stopped sending heartbeats):\n1\n" in out  # names process 1
+
+
+def test_two_processes_match_one_process_with_eight_devices(tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    train.train_and_evaluate(tiny_config(), str(single))
+
+    procs = start_pair(multi)
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]

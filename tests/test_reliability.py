@@ -122,6 +122,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(straight, tmp_
     out = finish(tmp_path)
     assert f"checkpoint {tmp_path / 'checkpoints' / '8'} is unreadable" in out
     assert "resuming from step 6" in out
+    assert list((tmp_path / "checkpoints").glob("8.damaged-*"))  # set aside, not deleted
     assert_same_run(straight, tmp_path)
 
 
@@ -132,7 +133,7 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     for f in (tmp_path / "checkpoints").rglob("*"):
         if f.is_file():
             f.write_bytes(b"")
-    with pytest.raises(train.TrainingError, match="no usable checkpoint in .*; move it away to start afresh"):
+    with pytest.raises(train.TrainingError, match="no usable checkpoint in .*; move the directory away to start afresh"):
         train.train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path))
 
 
@@ -141,8 +142,14 @@ def test_a_workdir_with_another_model_is_refused(tmp_path):
     changed = tiny_config(**{"model.depth": 14, "model.shortcut": "B"})
     with pytest.raises(train.ConfigError, match=r"different config \(model.depth, model.shortcut\)"):
         train.train_and_evaluate(changed, str(tmp_path))
-    changed.allow_config_change = True
-    assert train.train_and_evaluate(changed, str(tmp_path))["done"]
+    # An explicit override resumes with a compatible change (here: per-device BN, another data size).
+    compatible = tiny_config(
+        **{"model.bn": "per_device", "data.synthetic_examples": 96, "num_train_steps": 4}
+    )
+    with pytest.raises(train.ConfigError, match=r"\(model.bn\)"):
+        train.train_and_evaluate(compatible, str(tmp_path))
+    compatible.allow_config_change = True
+    assert train.train_and_evaluate(compatible, str(tmp_path))["done"]
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
