@@ -19,9 +19,10 @@ Two loops are timed: "step" feeds batches staged on the device beforehand (the s
 makes each batch on the host as the trainer does and accumulates the metrics (the trainer's loop
 without logging, evaluation and checkpoints).
 
-FLOPs: XLA's cost analysis of the compiled call (compiled.cost_analysis()["flops"]), and the model's
-exact multiply-adds (resnet_jax.models.flops.count_macs) x 2 (multiply + add) x 3 (forward +
-backward ~ 3 x forward) per image as a cross-check. XLA's cost analysis counts the body of a while
+FLOPs: XLA's cost analysis of the compiled call (compiled.cost_analysis()["flops"]: one device's part
+of the SPMD program, times the device count), and the model's exact multiply-adds
+(resnet_jax.models.flops.count_macs) x 2 (multiply + add) x 3 (forward + backward ~ 3 x forward) per
+image as a cross-check. XLA's cost analysis counts the body of a while
 loop once, whatever its trip count: with steps_per_call > 1 or scanned blocks the compiled call has
 loops, and its XLA FLOPs per step are taken from a loop-free row of the same model measured in the
 same process (--steps_per_call 1,k), else left out. MFU = FLOPs per step / step time / peak dense
@@ -224,7 +225,8 @@ def measure(args, steps_per_call: int, log=print) -> dict:
     image_size = run.inputs.image_shape[0]
     macs = flops_lib.count_macs(run.model, image_size)
     analytic = 6.0 * macs * cfg.batch_size
-    xla_per_step = xla_flops / k if (xla_flops is not None and not loops) else None
+    # The compiled program is one device's part of the SPMD step: x devices for the whole step.
+    xla_per_step = xla_flops * n_dev / k if (xla_flops is not None and not loops) else None
     row = {
         "config": args.config,
         "family": cfg.model.family,
@@ -257,8 +259,8 @@ def measure(args, steps_per_call: int, log=print) -> dict:
         "loop_step_ms": 1e3 * loop_s if loop_s else None,
         "loop_images_per_s": cfg.batch_size / loop_s if loop_s else None,
         "final_loss": loss,
-        "xla_flops_per_call": xla_flops,
-        "xla_bytes_per_call": xla_bytes,
+        "xla_flops_per_call_per_device": xla_flops,
+        "xla_bytes_per_call_per_device": xla_bytes,
         "has_while_loops": loops,
         "xla_flops_per_step": xla_per_step,
         "analytic_macs_per_image": macs,
