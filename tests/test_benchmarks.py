@@ -39,7 +39,7 @@ def test_train_step_benchmark_writes_its_fields(tmp_path):
         assert row[key] > 0, key
     assert math.isclose(row["images_per_s"], 8 / (row["step_ms"] / 1e3))
     assert math.isfinite(row["final_loss"])
-    assert row["analytic_macs_per_image"] > 0 and row["has_while_loops"] is False
+    assert row["analytic_macs_per_image"] > 0 and row["loops_hide_flops"] is False
     assert 0.5 < row["xla_over_analytic"] < 1.5  # XLA's count of the step against 6 x multiply-adds
     assert row["device_count"] == 8 and row["mfu_xla"] is None  # CPU: no peak, no MFU
 
