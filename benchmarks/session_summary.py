@@ -1,0 +1,98 @@
+"""Summarise a benchmark session's results folder as Markdown (for BENCHMARKS.md); NumPy-free, no jax.
+
+    python3 benchmarks/session_summary.py $OUT
+
+Reads every train_step.py JSON (`*.json` with "rows"), the full training runs (`*/summary.json` and
+`*/metrics.jsonl`) and `skipped.txt`, and prints one table of training steps, one of runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import sys
+
+
+def fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def model_name(r: dict) -> str:
+    if r["family"] == "cifar":
+        name = f"CIFAR ResNet-{r['depth']}"
+    else:
+        name = f"ResNet-{r['depth']}" + (" v1.5" if r["stride_on"] == "3x3" else " v1")
+    return name + (" (scan)" if r["scan_blocks"] else "")
+
+
+def step_table(files: list[pathlib.Path]) -> list[str]:
+    lines = [
+        "| run | model | batch | dtype | data | steps/call | compile s | step ms | img/s | loop img/s "
+        "| MFU (XLA) | MFU (6 x MACs) | XLA / 6 MACs |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for path in files:
+        d = json.loads(path.read_text())
+        for r in d["rows"]:
+            data = r["data"] + (" + augment" if r.get("augmented") else "")
+            flags = d["environment"].get("xla_flags") or ""
+            run = path.stem + (f" `{flags}`" if flags else "")
+            lines.append(
+                f"| {run} | {model_name(r)} | {r['batch_size']} | {r['dtype']} | {data} | "
+                f"{r['steps_per_call']} | {r['lower_s'] + r['compile_s']:.1f} | {r['step_ms']:.3f} | "
+                f"{r['images_per_s']:,.0f} | {fmt(r.get('loop_images_per_s'), ',.0f')} | "
+                f"{fmt(r.get('mfu_xla'), '.1%')} | {fmt(r.get('mfu_analytic'), '.1%')} | "
+                f"{fmt(r.get('xla_over_analytic'), '.2f')} |"
+            )
+    return lines
+
+
+def run_table(dirs: list[pathlib.Path]) -> list[str]:
+    lines = [
+        "| run | steps done | process wall s | summary wall s | first step s | median img/s "
+        "| final test error % | best test error % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d in dirs:
+        summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        records = []
+        if (d / "metrics.jsonl").exists():
+            records = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        rates = [r["images_per_sec"] for r in records if r.get("images_per_sec")]
+        evals = [r for r in records if "eval/top1_error" in r]
+        step = summary.get("step") or (records[-1]["step"] if records else None)
+        final = summary.get("final_eval_top1_error") or (evals[-1]["eval/top1_error"] if evals else None)
+        extra = json.loads((d / "wall.json").read_text()) if (d / "wall.json").exists() else {}
+        done = "" if summary.get("done") else " (not finished)"
+        lines.append(
+            f"| {d.name}{done} | {fmt(step, ',')} | {fmt(extra.get('process_wall_s'), '.1f')} | "
+            f"{fmt(summary.get('wall_time_s'), '.1f')} | {fmt(extra.get('first_step_s'), '.1f')} | "
+            f"{fmt(statistics.median(rates) if rates else None, ',.0f')} | {fmt(final, '.2f')} | "
+            f"{fmt(summary.get('best_eval_top1_error'), '.2f')} |"
+        )
+    return lines
+
+
+def main(argv: list[str]) -> None:
+    out = pathlib.Path(argv[1] if len(argv) > 1 else ".")
+    files = sorted(
+        (p for p in out.glob("*.json") if "rows" in json.loads(p.read_text() or "{}")),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if files:
+        env = json.loads(files[0].read_text())["environment"]
+        print(f"devices: {env['devices']}; jax {env['jax']}, flax {env['flax']}, python {env['python']}")
+        print(f"date (UTC): {env['date_utc']}\n")
+        print("\n".join(step_table(files)))
+    runs = sorted(p.parent for p in out.glob("*/metrics.jsonl"))
+    if runs:
+        print()
+        print("\n".join(run_table(runs)))
+    skipped = out / "skipped.txt"
+    if skipped.exists():
+        print("\nskipped or failed:\n" + skipped.read_text())
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,425 @@
+"""Steady-state throughput, compile time and MFU of the trainer's own training step.
+
+    python benchmarks/train_step.py --config=configs/cifar10.py:resnet56 --json /tmp/r56.json
+    python benchmarks/train_step.py --config=configs/imagenet_r50.py:v1.5 --set model.dtype=bfloat16
+    python benchmarks/train_step.py --config=configs/cifar10.py:resnet20 --steps_per_call 1,20
+
+What is timed is exactly what `python -m resnet_jax.main` executes: `train.setup(cfg)` builds the
+run, `run.init()` the state, `run.batches()` the device batches and `run.update` (jitted, donating
+the state) the step. The update is compiled ahead of time (`run.update.lower(...).compile()`, the two
+phases timed separately) and that executable is then called; its first call is timed on its own.
+
+Data: "synthetic" (random uint8 images resident on the device, gathered and normalised inside the
+step; no input pipeline) unless --real_data. The trainer augments only real data: synthetic CIFAR
+figures leave out the on-device pad/crop/flip; use --real_data --set data.path=<cifar tar> for them.
+
+Timing: `warmup` steps, then `repeats` x `steps` training steps, each repeat timed from an idle
+device to jax.block_until_ready(final state): no host sync inside a repeat; the median is reported.
+Two loops are timed: "step" feeds batches staged on the device beforehand (the step alone), "loop"
+makes each batch on the host as the trainer does and accumulates the metrics (the trainer's loop
+without logging, evaluation and checkpoints).
+
+FLOPs: XLA's cost analysis of the compiled call (compiled.cost_analysis()["flops"]: one device's part
+of the SPMD program, times the device count), and the model's exact multiply-adds
+(resnet_jax.models.flops.count_macs) x 2 (multiply + add) x 3 (forward + backward ~ 3 x forward) per
+image as a cross-check. XLA's cost analysis counts the body of a while
+loop once, whatever its trip count: with steps_per_call > 1 or scanned blocks the compiled call has
+loops, and its XLA FLOPs per step are taken from a loop-free row of the same model measured in the
+same process (--steps_per_call 1,k), else left out. MFU = FLOPs per step / step time / peak dense
+bf16 rate of the devices (PEAK_BF16; no MFU on CPU or unknown devices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import datetime
+import json
+import os
+import pathlib
+import platform
+import re
+import statistics
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Dense bfloat16 matrix FLOP/s of one device, matched (first hit) against jax's device_kind.
+PEAK_BF16 = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),  # v5p reports "TPU v5"
+)
+
+
+def peak_bf16(device_kind: str, platform_name: str) -> float | None:
+    if platform_name == "cpu":
+        return None
+    return next((peak for name, peak in PEAK_BF16 if name.lower() in device_kind.lower()), None)
+
+
+def parse_value(old, text: str):
+    """A --set value in the type of the key it replaces."""
+    if isinstance(old, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if isinstance(old, int | float):
+        return type(old)(ast.literal_eval(text))
+    if isinstance(old, str):
+        return text
+    return type(old)(ast.literal_eval(text))  # tuples: "(30, 60)"
+
+
+def set_key(cfg, key: str, text: str) -> None:
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    if leaf not in node:
+        raise KeyError(f"--set {key}: no such config key")
+    node[leaf] = parse_value(node[leaf], text)
+
+
+def build_config(args, steps_per_call: int):
+    """The experiment's config with the benchmark's overrides: synthetic data, never-due intervals."""
+    from resnet_jax import experiments
+
+    cfg = experiments.load_config(args.config)
+    if not args.real_data:
+        cfg.data.name = "synthetic"
+        cfg.data.path = ""
+        if cfg.model.family == "cifar":
+            cfg.data.image_size = 32
+    if args.batch_size:
+        cfg.batch_size = args.batch_size
+    if args.dtype:
+        cfg.model.dtype = args.dtype
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set wants key=value, got {item!r}")
+        set_key(cfg, key.strip(), value.strip())
+    cfg.steps_per_call = steps_per_call
+    # The run's length and intervals only matter to the loop: make them valid for any config.
+    k = steps_per_call
+    cfg.num_train_steps = k * 1_000_000
+    cfg.log_every_steps = cfg.eval_every_steps = cfg.checkpoint_every_steps = k * 1_000
+    return cfg
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)^\}", re.M | re.S)
+_CALLED = re.compile(r"(?:calls|to_apply|body|condition|branch_computations)=\{?([%\w.\-, ]+)\}?")
+_HEAVY = ("convolution(", " dot(", "cudnn$conv", "cublas", "triton_gemm")
+
+
+def loops_with_matmuls(hlo: str) -> bool:
+    """Whether a while loop of this optimised HLO runs convolutions or matrix products in its body.
+
+    XLA's cost analysis counts such a body once whatever the trip count. Loops without them (e.g. the
+    gathers XLA:CPU expands into loops) do not matter for the FLOP count.
+    """
+    comps = {m.group(1): m.group(2) for m in _COMPUTATION.finditer(hlo)}
+
+    def called(text: str) -> list[str]:
+        return [n.strip().lstrip("%") for m in _CALLED.finditer(text) for n in m.group(1).split(",")]
+
+    bodies = [n for text in comps.values() for n in re.findall(r"\bwhile\(.*?body=%?([\w.\-]+)", text)]
+    seen: set[str] = set()
+    stack = list(bodies)
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in comps:
+            continue
+        seen.add(name)
+        if any(h in comps[name] for h in _HEAVY):
+            return True
+        stack.extend(called(comps[name]))
+    return False
+
+
+def cost(compiled) -> tuple[float | None, float | None, bool]:
+    """(flops, bytes accessed, whether loops hide convolutions/matmuls from the count) of a compiled call."""
+    flops = nbytes = None
+    try:
+        ca = compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, list | tuple) else ca
+        flops, nbytes = ca.get("flops"), ca.get("bytes accessed")
+    except Exception as e:  # noqa: BLE001 - some backends have no cost analysis
+        print(f"note: no cost analysis ({type(e).__name__}: {e})", file=sys.stderr)
+    try:
+        loops = loops_with_matmuls(compiled.as_text())
+    except Exception:  # noqa: BLE001
+        loops = True  # unknown: do not trust the count
+    return flops, nbytes, loops
+
+
+def memory(compiled) -> dict:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001
+        return {}
+    if m is None:
+        return {}
+    keys = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes")
+    return {k: int(getattr(m, k)) for k in keys if hasattr(m, k)}
+
+
+def timed_repeats(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure(args, steps_per_call: int, log=print) -> dict:
+    """One row: build, compile, run and time the step at `steps_per_call`."""
+    import jax
+    import jax.numpy as jnp
+
+    from resnet_jax import train
+    from resnet_jax.models import flops as flops_lib
+
+    k = steps_per_call
+    cfg = build_config(args, k)
+    t = time.perf_counter()
+    run = train.setup(cfg)
+    setup_s = time.perf_counter() - t
+    t = time.perf_counter()
+    state = jax.block_until_ready(run.init())
+    init_s = time.perf_counter() - t
+    batches = run.batches(0)
+    arrays = run.inputs.arrays
+    first = next(batches)
+
+    t = time.perf_counter()
+    lowered = run.update.lower(state, first, arrays)
+    lower_s = time.perf_counter() - t
+    t = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t
+    xla_flops, xla_bytes, loops = cost(compiled)
+    log(f"  compiled in {lower_s:.1f} s (lower) + {compile_s:.1f} s (compile)")
+
+    t = time.perf_counter()
+    state, _ = compiled(state, first, arrays)
+    jax.block_until_ready(state)
+    first_run_s = time.perf_counter() - t
+
+    calls = max(1, -(-args.steps // k))
+    staged = [next(batches) for _ in range(calls)]
+    jax.block_until_ready(staged)
+    for i in range(-(-args.warmup // k)):
+        state, _ = compiled(state, staged[i % calls], arrays)
+    jax.block_until_ready(state)
+
+    box = {"state": state}
+
+    def step_loop():
+        s = box["state"]
+        for b in staged:
+            s, _ = compiled(s, b, arrays)
+        box["state"] = jax.block_until_ready(s)
+
+    def trainer_loop():
+        s, total = box["state"], None
+        for _ in range(calls):
+            s, metrics = compiled(s, next(batches), arrays)
+            total = train.accumulate(total, metrics)
+        box["state"], _ = jax.block_until_ready((s, total))
+
+    step_times = timed_repeats(step_loop, args.repeats)
+    loop_times = timed_repeats(trainer_loop, args.repeats) if args.loop else []
+    _, metrics = compiled(box["state"], staged[0], arrays)
+    metrics = jax.device_get(metrics)
+    loss = float(metrics["loss"]) / float(metrics["count"])
+    box.clear()  # the state was donated
+
+    steps = calls * k
+    step_s = statistics.median(step_times) / steps
+    loop_s = statistics.median(loop_times) / steps if loop_times else None
+    devices = jax.devices()
+    kind, plat, n_dev = devices[0].device_kind, devices[0].platform, len(devices)
+    peak = peak_bf16(kind, plat)
+    image_size = run.inputs.image_shape[0]
+    macs = flops_lib.count_macs(run.model, image_size)
+    analytic = 6.0 * macs * cfg.batch_size
+    # The compiled program is one device's part of the SPMD step: x devices for the whole step.
+    xla_per_step = xla_flops * n_dev / k if (xla_flops is not None and not loops) else None
+    row = {
+        "config": args.config,
+        "family": cfg.model.family,
+        "depth": cfg.model.depth,
+        "shortcut": cfg.model.shortcut,
+        "stride_on": cfg.model.stride_on,
+        "scan_blocks": bool(cfg.model.scan_blocks),
+        "remat": bool(cfg.model.remat),
+        "dtype": jnp.dtype(run.dtype).name,
+        "batch_size": cfg.batch_size,
+        "image_size": image_size,
+        "steps_per_call": k,
+        "data": cfg.data.name,
+        "augmented": cfg.data.name != "synthetic" and cfg.model.family == "cifar",
+        "overrides": list(args.set or []),
+        "device_kind": kind,
+        "platform": plat,
+        "device_count": n_dev,
+        "setup_s": setup_s,
+        "init_s": init_s,
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        "first_run_s": first_run_s,
+        "timed_steps": steps,
+        "repeats": args.repeats,
+        "step_ms": 1e3 * step_s,
+        "step_ms_repeats": [1e3 * x / steps for x in step_times],
+        "images_per_s": cfg.batch_size / step_s,
+        "images_per_s_per_device": cfg.batch_size / step_s / n_dev,
+        "loop_step_ms": 1e3 * loop_s if loop_s else None,
+        "loop_images_per_s": cfg.batch_size / loop_s if loop_s else None,
+        "final_loss": loss,
+        "xla_flops_per_call_per_device": xla_flops,
+        "xla_bytes_per_call_per_device": xla_bytes,
+        "loops_hide_flops": loops,
+        "xla_flops_per_step": xla_per_step,
+        "analytic_macs_per_image": macs,
+        "analytic_flops_per_step": analytic,
+        "peak_bf16_flops": peak * n_dev if peak else None,
+        "memory": memory(compiled),
+    }
+    fill_mfu(row)
+    return row
+
+
+def fill_mfu(row: dict) -> None:
+    step_s = row["step_ms"] / 1e3
+    peak = row["peak_bf16_flops"]
+    xla = row["xla_flops_per_step"]
+    row["xla_over_analytic"] = xla / row["analytic_flops_per_step"] if xla else None
+    row["mfu_xla"] = xla / step_s / peak if (xla and peak) else None
+    row["mfu_analytic"] = row["analytic_flops_per_step"] / step_s / peak if peak else None
+    row["achieved_tflops_analytic"] = row["analytic_flops_per_step"] / step_s / 1e12
+
+
+def environment() -> dict:
+    import flax
+    import jax
+
+    return {
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": getattr(jax.lib, "__version__", None) or jax.__version__,
+        "flax": flax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "host_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        f"{'model':<24} {'batch':>5} {'dtype':>8} {'k':>3} {'data':>9} {'compile s':>9} {'first s':>8} "
+        f"{'step ms':>9} {'img/s':>9} {'loop img/s':>10} {'MFU xla':>7} {'MFU 6MAC':>8} {'xla/6MAC':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        name = f"{r['family']}-{r['depth']}{'-scan' if r['scan_blocks'] else ''}"
+        if r["family"] == "imagenet" and r["stride_on"] == "3x3":
+            name += "-v1.5"
+        lines.append(
+            f"{name:<24} {r['batch_size']:>5} {r['dtype']:>8} {r['steps_per_call']:>3} "
+            f"{r['data'][:9]:>9} {r['lower_s'] + r['compile_s']:>9.1f} {r['first_run_s']:>8.2f} "
+            f"{r['step_ms']:>9.3f} {r['images_per_s']:>9,.0f} {fmt(r['loop_images_per_s'], ',.0f'):>10} "
+            f"{fmt(r['mfu_xla'], '.1%'):>7} {fmt(r['mfu_analytic'], '.1%'):>8} "
+            f"{fmt(r['xla_over_analytic'], '.2f'):>8}"
+        )
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def compilation_cache(enabled: bool):
+    """Compile times are only real without the persistent cache; restore the caller's setting."""
+    import jax
+
+    old = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", old)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--config", required=True, help="configs/<file>.py[:arg], e.g. configs/cifar10.py:resnet56"
+    )
+    p.add_argument("--steps", type=int, default=50, help="training steps per timed repeat")
+    p.add_argument("--warmup", type=int, default=10, help="training steps before timing")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
+    p.add_argument("--batch_size", type=int, default=0, help="global batch (default: the config's)")
+    p.add_argument("--dtype", default="", help="model.dtype: float32, bfloat16 (default: the config's)")
+    p.add_argument(
+        "--steps_per_call", default="1", help="steps fused into one call; a comma list measures each"
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--real_data", action="store_true", help="the config's data instead of synthetic")
+    p.add_argument("--no_loop", dest="loop", action="store_false", help="skip the trainer-like loop timing")
+    p.add_argument("--compilation_cache", action="store_true", help="allow the persistent compilation cache")
+    p.add_argument("--json", default="", help="write the rows and the environment here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    ks = [int(x) for x in str(args.steps_per_call).split(",") if x.strip()]
+    env = environment()
+    print(f"[{time.strftime('%H:%M:%S')}] jax {env['jax']} on {env['devices']}; load {env['load_average']}")
+    rows = []
+    with compilation_cache(args.compilation_cache):
+        for k in ks:
+            print(f"[{time.strftime('%H:%M:%S')}] {args.config} steps_per_call={k}", flush=True)
+            row = measure(args, k)
+            rows.append(row)
+            # XLA counts a while loop's body once: take FLOPs per step from a loop-free row of this model.
+            loop_free = next((r["xla_flops_per_step"] for r in rows if r["xla_flops_per_step"]), None)
+            for r in rows:
+                if r["xla_flops_per_step"] is None and loop_free and r["scan_blocks"] is False:
+                    r["xla_flops_per_step"] = loop_free
+                    r["xla_flops_per_step_from"] = "steps_per_call=1 row"
+                    fill_mfu(r)
+            print(
+                f"[{time.strftime('%H:%M:%S')}]   {row['step_ms']:.3f} ms/step, "
+                f"{row['images_per_s']:,.0f} img/s",
+                flush=True,
+            )
+            result = {"environment": {**env, "load_average_end": list(os.getloadavg())}, "rows": rows}
+            if args.json:  # after every row: a timeout keeps what was measured
+                pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                with open(args.json, "w") as f:
+                    json.dump(result, f, indent=2)
+    print(table(rows))
+    return result
+
+
+if __name__ == "__main__":
+    main()
