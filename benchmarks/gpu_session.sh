@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session (written for one H200, ~8.5 minutes wall in all, compiles included).
 #
-#   bash benchmarks/gpu_session.sh            # from the repository root; results in $OUT (or /tmp/gpu_session)
+#   OUT=/tmp/gpu_session bash benchmarks/gpu_session.sh    # from the repository root
 #
 # Needs: jax with CUDA, flax, optax, orbax-checkpoint, pillow; ml_collections and tensorboardX as wheels
 # in .whl/ (installed here into /tmp/site when they are not importable); the CIFAR-10 JPEG archive at
@@ -61,6 +61,7 @@ item() {
 
 
 log "setup"
+nvidia-smi | tee "$OUT/nvidia-smi.txt" || true
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv || true
 if ! python3 -c "import ml_collections, tensorboardX" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
@@ -69,13 +70,14 @@ fi
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 git log -1 --format='commit %h %s' 2>/dev/null || true
 if [[ ! -f $CIFAR_TAR ]]; then log "no $CIFAR_TAR: the real-data items will fail"; fi
+BENCH=(python3 benchmarks/train_step.py --dtype=bfloat16)
 
 # 1. ResNet-50 v1.5 (as the flax example and torchvision), batch 256, bf16.
-item r50_v15 60 170 python3 benchmarks/train_step.py --config=configs/imagenet_r50.py:v1.5 --dtype=bfloat16 --batch_size=256 \
+item r50_v15 60 170 "${BENCH[@]}" --config=configs/imagenet_r50.py:v1.5 --batch_size=256 \
   --steps=30 --warmup=10 --repeats=3 --json="$OUT/r50_v15.json"
 
-# 2. ResNet-56 on real CIFAR-10 (decodes the archive once, cached for item 3), augmentation on the device.
-item r56_cifar10 70 190 python3 benchmarks/train_step.py --config=configs/cifar10.py:resnet56 --dtype=bfloat16 --real_data \
+# 2. ResNet-56 on real CIFAR-10 with on-device augmentation (decodes the archive once, cached for item 3).
+item r56_cifar10 70 190 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 --real_data \
   --set=data.path="$CIFAR_TAR" --steps_per_call=1,20 --steps=100 --warmup=20 --json="$OUT/r56_cifar10.json"
 
 # 3. The paper's full ResNet-20 recipe (64k steps, eval every 1k) through the trainer's own entry point.
@@ -92,27 +94,27 @@ if [[ -d /tmp/r20_full ]]; then
 fi
 
 # 4. ResNet-50 v1 (the paper's: stride on the first 1x1), batch 256, bf16.
-item r50_v1 60 150 python3 benchmarks/train_step.py --config=configs/imagenet_r50.py --dtype=bfloat16 --batch_size=256 \
+item r50_v1 60 150 "${BENCH[@]}" --config=configs/imagenet_r50.py --batch_size=256 \
   --steps=30 --warmup=10 --repeats=3 --json="$OUT/r50_v1.json"
 
 # 5. CIFAR ResNet-20 and ResNet-110 (scanned: the config's default from depth 110), synthetic data.
-item r20_synth 30 90 python3 benchmarks/train_step.py --config=configs/cifar10.py:resnet20 --dtype=bfloat16 --steps_per_call=1,20 \
+item r20_synth 30 90 "${BENCH[@]}" --config=configs/cifar10.py:resnet20 --steps_per_call=1,20 \
   --steps=200 --warmup=20 --json="$OUT/r20_synth.json"
-item r110_synth 45 120 python3 benchmarks/train_step.py --config=configs/cifar10.py:resnet110 --dtype=bfloat16 --steps_per_call=1,20 \
+item r110_synth 45 120 "${BENCH[@]}" --config=configs/cifar10.py:resnet110 --steps_per_call=1,20 \
   --steps=60 --warmup=20 --json="$OUT/r110_synth.json"
 
 # 6. ResNet-1202, scanned, batch 128: it trains on one GPU; compile and step time.
-item r1202_synth 40 120 python3 benchmarks/train_step.py --config=configs/cifar10.py:resnet1202 --dtype=bfloat16 --steps=6 --warmup=2 \
+item r1202_synth 40 120 "${BENCH[@]}" --config=configs/cifar10.py:resnet1202 --steps=6 --warmup=2 \
   --repeats=2 --no_loop --json="$OUT/r1202_synth.json"
 
-# 7. One XLA flag, cheap: command buffers (CUDA graphs) off, on the launch-bound ResNet-20 at 1 step/call.
-item r20_synth_nocmdbuf 25 60 env XLA_FLAGS="--xla_gpu_enable_command_buffer=" \
-  python3 benchmarks/train_step.py --config=configs/cifar10.py:resnet20 --dtype=bfloat16 \
-  --steps=200 --warmup=20 --json="$OUT/r20_synth_nocmdbuf.json"
+# 7. One XLA flag, cheap: command buffers (CUDA graphs) off, on the launch-bound ResNet-20 at 1 step/call
+# (compare with item 5's first row).
+item r20_synth_nocmdbuf 25 60 env XLA_FLAGS="--xla_gpu_enable_command_buffer=" "${BENCH[@]}" \
+  --config=configs/cifar10.py:resnet20 --steps=200 --warmup=20 --json="$OUT/r20_synth_nocmdbuf.json"
 
 # 8. ResNet-56 with scanned blocks (not the config's default), synthetic.
-item r56_scan_synth 40 100 python3 benchmarks/train_step.py --config=configs/cifar10.py:resnet56 --dtype=bfloat16 \
-  --set=model.scan_blocks=true --steps_per_call=1,20 --steps=100 --warmup=20 --json="$OUT/r56_scan_synth.json"
+item r56_scan_synth 40 100 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 --set=model.scan_blocks=true \
+  --steps_per_call=1,20 --steps=100 --warmup=20 --json="$OUT/r56_scan_synth.json"
 
 log "summary"
 python3 benchmarks/session_summary.py "$OUT" | tee "$OUT/summary.md"
