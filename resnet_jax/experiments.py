@@ -121,6 +121,7 @@ def cifar_config(arg: str | None, dataset: str = "cifar10") -> ml_collections.Co
     c.batch_size = 128
     c.num_train_steps = 64_000
     c.eval_every_steps = 1_000  # 64 points per test-error curve (Fig. 6)
+    c.data.eval_batch_size = 1_000  # 10 calls per evaluation of the 10k test images (exact either way)
     c.schedule.base_lr = 0.1
     c.schedule.boundaries = (32_000, 48_000)
     if depth >= SCAN_FROM_DEPTH:  # lr 0.01 until training error < 80% (~400 steps), then 0.1

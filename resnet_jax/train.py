@@ -353,6 +353,16 @@ def accumulate(total: dict | None, metrics: dict) -> dict:
     return out
 
 
+def check_finite(summed: dict, last_good_checkpoint, policy: str) -> dict:
+    """With nan_policy "stop", a non-finite loss or gradient ends the run naming the step."""
+    if summed["nonfinite"] and policy == "stop":
+        step = int(summed["first_nonfinite"])
+        raise TrainingError(
+            f"non-finite loss at step {step}; last good checkpoint: step {last_good_checkpoint}"
+        )
+    return summed
+
+
 def pending_metrics(saved: dict | None) -> dict | None:
     """Metric sums restored from a checkpoint, with the dtypes `train_step` produces."""
     if not saved:
@@ -362,17 +372,18 @@ def pending_metrics(saved: dict | None) -> dict | None:
 
 
 def multi_step(state, batches, arrays, **kwargs):
-    """`steps_per_call` steps under one jit (lax.scan over a leading axis of the batches)."""
+    """`steps_per_call` steps under one jit: a lax.scan over the leading axis of the batches."""
 
     def body(carry, batch):
         state, total = carry
         state, metrics = train_step(state, batch, arrays, **kwargs)
         return (state, accumulate(total, metrics)), None
 
-    first = jax.tree.map(lambda x: x[0], batches)
-    state, total = train_step(state, first, arrays, **kwargs)
-    rest = jax.tree.map(lambda x: x[1:], batches)
-    (state, total), _ = jax.lax.scan(body, (state, total), rest)
+    zeros = {
+        "loss": jnp.float32(0), "top1_errors": jnp.float32(0), "count": jnp.float32(0),
+        "nonfinite": jnp.int32(0), "first_nonfinite": jnp.int32(2**30),
+    }  # fmt: skip
+    (state, total), _ = jax.lax.scan(body, (state, zeros), batches)
     return state, total
 
 
@@ -706,24 +717,17 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             # Several processes agree on preemption at log steps (a collective); one checks every step.
             stop = preemption.should_stop() if do_log or jax.process_count() == 1 else False
             do_eval = step % cfg.eval_every_steps == 0 or final
-            do_ckpt = step % cfg.checkpoint_every_steps == 0 or final or do_eval or stop
-            pending = None  # metric sums of a log interval cut by a checkpoint: kept in it
-            if do_log or do_ckpt:
-                summed = jax.device_get(total)
-                if summed["nonfinite"] and cfg.nan_policy == "stop":
-                    raise TrainingError(
-                        f"non-finite loss at step {int(summed['first_nonfinite'])}; "
-                        f"last good checkpoint: step {last_good_checkpoint}"
-                    )
-                if do_log:
-                    total = None
-                    record = clock.log(step, summed, float(schedule(step - 1)), steps_per_epoch)
-                    writer.write(step, record)
-                    writer.console(clock.progress_line(step, record))
-                else:
-                    pending = {key: value.item() for key, value in summed.items()}
+            do_ckpt = step % cfg.checkpoint_every_steps == 0 or final or stop
+            if do_log:
+                summed = check_finite(jax.device_get(total), last_good_checkpoint, cfg.nan_policy)
+                total = None
+                record = clock.log(step, summed, float(schedule(step - 1)), steps_per_epoch)
+                writer.write(step, record)
+                writer.console(clock.progress_line(step, record))
             if do_eval:
                 last_eval = evaluate(state, inputs, evaluate_step, mesh)
+                # A new best is checkpointed so that it is kept (the `keep_checkpoints` latest + the best).
+                do_ckpt = do_ckpt or last_eval["eval/top1_error"] < best_error
                 best_error = min(best_error, last_eval["eval/top1_error"])
                 writer.write(step, {"epoch": step / steps_per_epoch, **last_eval})
                 writer.console(
@@ -731,6 +735,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     f"{last_eval['eval/top1_error']:.2f}%, top-5 error {last_eval['eval/top5_error']:.2f}%"
                 )
             if do_ckpt:
+                pending = None  # the sums of a log interval cut by this checkpoint are kept in it
+                if total is not None:
+                    summed = check_finite(jax.device_get(total), last_good_checkpoint, cfg.nan_policy)
+                    pending = {key: value.item() for key, value in summed.items()}
                 try:
                     clock_state = {**clock.state(best_error), "pending_metrics": pending}
                     save_checkpoint(mngr, state, clock_state, last_eval if do_eval else None)

@@ -133,7 +133,9 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     for f in (tmp_path / "checkpoints").rglob("*"):
         if f.is_file():
             f.write_bytes(b"")
-    with pytest.raises(train.TrainingError, match="no usable checkpoint in .*; move the directory away to start afresh"):
+    with pytest.raises(
+        train.TrainingError, match="no usable checkpoint in .*; move the directory away to start afresh"
+    ):
         train.train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path))
 
 

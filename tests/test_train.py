@@ -207,10 +207,16 @@ def test_skip_policy_keeps_the_weights_of_nonfinite_steps(tmp_path):
 
 def test_steps_per_call_fuses_steps_without_changing_them(tmp_path):
     one, fused = tmp_path / "one", tmp_path / "fused"
-    train.train_and_evaluate(tiny_config(), str(one))
-    train.train_and_evaluate(tiny_config(steps_per_call=2), str(fused))
+    # Batch 64: BN over few examples amplifies float32 rounding differences between the two programs.
+    big = {"batch_size": 64, "data.synthetic_examples": 256}
+    train.train_and_evaluate(tiny_config(**big), str(one))
+    train.train_and_evaluate(tiny_config(steps_per_call=2, **big), str(fused))
     a, b = restore_state(one, 4), restore_state(fused, 4)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+    # XLA compiles a step inside the scan differently: float32 rounding differs (max ~1.5e-5 here);
+    # a skipped, repeated or reordered step would differ by ~1e-2.
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4), a, b)
+    losses = [[r["train/loss"] for r in read_metrics(d) if "train/loss" in r] for d in (one, fused)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
 def test_batch_sharding_layout():
