@@ -224,3 +224,9 @@ def test_batch_sharding_layout():
     batch = train.to_global({"index": np.arange(16, dtype=np.int32)}, mesh, True)
     assert batch["index"].sharding == NamedSharding(mesh, P("data"))
     assert os.environ["XLA_FLAGS"].endswith("8")
+
+
+def test_profile_steps_write_a_trace(tmp_path):
+    train.train_and_evaluate(tiny_config(profile_steps="1:2"), str(tmp_path))
+    traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
