@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -10,25 +11,16 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from resnet_jax import config
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    """CIFAR ResNet-8 on synthetic 32x32 data, a few steps: seconds on CPU."""
-    c = config.base_config()
-    c.model.depth = 8
-    c.batch_size = 16
-    c.num_train_steps = 4
-    c.log_every_steps = 2
-    c.eval_every_steps = 4
-    c.checkpoint_every_steps = 2
-    c.data.name = "synthetic"
-    c.data.image_size = 32
-    c.data.synthetic_examples = 64
-    c.data.eval_batch_size = 24
+    """tests/configs/tiny.py (CIFAR ResNet-8, synthetic 32x32, 4 steps) with dotted-key overrides."""
+    spec = importlib.util.spec_from_file_location("tiny_config", ROOT / "tests" / "configs" / "tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")
