@@ -14,11 +14,11 @@ Paper test error (option A): ResNet-20 8.75%, 32 7.51%, 44 7.17%, 56 6.97%, 110 
 plain JAX ResNet-20 run of this recipe ended at 12.35% on it (shared/ENV-NOTES.md), so expect a few points
 above the paper.
 
-Expected time on one NVIDIA H200, bf16 -- ESTIMATES = 64k steps x the measured train-step time at batch
-128 (ENV-NOTES.md; input pipeline and evaluation not included): ResNet-20 64k x 1.99 ms = 2.1 min (a whole
-lean run measured 134.5 s); ResNet-32 ~4.5 min and ResNet-44 ~6.9 min (interpolated between the 20 and 56
-step times); ResNet-56 64k x 8.7 ms = 9.3 min; ResNet-110 64k x 19.0 ms (scanned) = 20 min; ResNet-1202
-64k x 199 ms = 3.5 h. Plain nets cost the same as the ResNet of equal depth.
+Time on one NVIDIA H200, bf16, with --config.steps_per_call=50 (BENCHMARKS.md): ResNet-20 MEASURED
+132 s of training for the whole recipe (12.23% test error on the JPEG copy). ESTIMATES = 64k steps x
+the step time measured at 20 steps/call: ResNet-56 64k x 5.0 ms = 5.5 min, ResNet-110 64k x 13.9 ms
+(scanned) = 15 min, ResNet-1202 64k x 144 ms = 2.6 h; ResNet-32/44 in between 20 and 56. Plain nets
+cost the same as the ResNet of equal depth.
 """
 
 import ml_collections

@@ -230,3 +230,12 @@ def test_profile_steps_write_a_trace(tmp_path):
     train.train_and_evaluate(tiny_config(profile_steps="1:2"), str(tmp_path))
     traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
     assert traces and traces[0].stat().st_size > 0
+
+
+def test_checkpoints_keep_the_latest_and_the_best_by_eval_error(tmp_path):
+    cfg = tiny_config(num_train_steps=10, eval_every_steps=2, keep_checkpoints=1)
+    train.train_and_evaluate(cfg, str(tmp_path))
+    evals = {r["step"]: r["eval/top1_error"] for r in read_metrics(tmp_path) if "eval/top1_error" in r}
+    best = min(evals, key=lambda s: (evals[s], s))  # the first step reaching the lowest error
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == sorted({10, best})
