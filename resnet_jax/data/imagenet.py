@@ -87,7 +87,8 @@ def tfds_builder(name: str, tfds_dir: str = "", allow_download: bool = False):
         d = tfds_dir or "~/tensorflow_datasets"
         raise DataError(
             f"{name} is not in {d} and could not be downloaded ({type(e).__name__}): "
-            f"run `tfds build {name} --data_dir={d}` on a machine with internet access."
+            f"run `tfds build {name} --data_dir={d}` on a machine with internet access, "
+            "or point --config.data.path at a local <split>/<class>/<image> folder or tar."
         ) from e
     return builder
 
