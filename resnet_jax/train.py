@@ -750,6 +750,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 clock.start(step)  # throughput counts training time only
             if stop and not final:
                 mngr.wait_until_finished()
+                mngr.close()
                 writer.console(
                     f"preempted at step {step}; checkpoint saved; rerun the same command to resume"
                 )
