@@ -145,3 +145,31 @@ def test_tfds_cifar_in_memory_with_mock_data(tmp_path):
         ds = data.load_in_memory({"name": "cifar10", "tfds_dir": str(tmp_path), "val_split": 5}, seed=0)
     assert ds.train_images.shape == (15, 32, 32, 3) and ds.eval_images.shape == (5, 32, 32, 3)
     assert ds.train_images.dtype == np.uint8 and ds.num_classes == 10 and len(ds.class_names) == 10
+
+
+def test_the_trainer_streams_a_tfds_dataset_end_to_end(tiny, tmp_path):
+    """ImageNet ResNet-18 on real JPEGs through tf.data, the paper's augmentation and 10-crop testing."""
+    from helpers import read_metrics, tiny_config
+
+    from resnet_jax import train
+
+    overrides = {f"data.{k}": v for k, v in tiny.items()}
+    overrides.update(
+        {
+            "data.image_size": 32,
+            "data.eval_crop": "ten",
+            "data.augment": "paper",
+            "data.eval_batch_size": 8,
+            "model.family": "imagenet",
+            "model.depth": 18,
+            "model.shortcut": "B",
+            "batch_size": 8,
+            "num_train_steps": 4,
+        }
+    )
+    summary = train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+    assert (
+        summary["done"] and summary["step"] == 4 and summary["params"] == 11_689_512 - 513_000 + 1_539
+    )  # 3 classes
+    evals = [r for r in read_metrics(tmp_path) if "eval/count" in r]
+    assert evals[-1]["eval/count"] == N_VAL  # 10-crop, padded last batch: every image once
