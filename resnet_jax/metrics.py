@@ -5,42 +5,73 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
+import tempfile
 import time
 
 import jax
+from etils import epath
+
+
+def is_remote(path) -> bool:
+    """A URL workdir (gs://, s3://, ...): written through etils.epath, without appends."""
+    return "://" in str(path)
 
 
 class MetricWriter:
-    """Writes each event to `<workdir>/metrics.jsonl` and TensorBoard; only process 0 writes."""
+    """Writes each event to `<workdir>/metrics.jsonl` and TensorBoard; only process 0 writes.
 
-    def __init__(self, workdir: str, enabled: bool = True) -> None:
-        self.workdir = workdir
+    Local workdirs append to metrics.jsonl. Object stores (gs://) cannot append, so there the file is
+    rewritten whole at each event, and TensorBoard events are written to a local directory and copied
+    into `<workdir>/tensorboard` by `sync()` (at every checkpoint) and at `close()`.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, remote: bool | None = None) -> None:
+        self.root = epath.Path(workdir)
         self.enabled = enabled
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None  # noqa: SIM115
+        self.remote = is_remote(workdir) if remote is None else remote
+        self._path = self.root / "metrics.jsonl"
+        self._jsonl = None
+        self._lines: list[str] = []
         self._tb = None
-        if enabled:
-            from tensorboardX import SummaryWriter  # no TensorFlow needed
+        if not enabled:
+            return
+        if self.remote:
+            self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+            self._tb_dir = pathlib.Path(tempfile.mkdtemp(prefix="resnet_jax-tensorboard-"))
+        else:
+            self._jsonl = open(self._path, "a")  # noqa: SIM115
+            self._tb_dir = pathlib.Path(self._path.parent, "tensorboard")
+        from tensorboardX import SummaryWriter  # no TensorFlow needed
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+        self._tb = SummaryWriter(str(self._tb_dir), flush_secs=30)
 
     def truncate(self, step: int) -> None:
         """Drop records after `step`: a resumed run rewrites them exactly as they were."""
         if not self.enabled:
             return
-        path = os.path.join(self.workdir, "metrics.jsonl")
+        if self.remote:
+            self._lines = [line for line in self._lines if line.strip() and _step_of(line) <= step]
+            self._path.write_text("".join(self._lines))
+            return
         self._jsonl.close()
-        with open(path) as f:
+        with open(self._path) as f:
             kept = [line for line in f if line.strip() and _step_of(line) <= step]
-        with open(path + ".tmp", "w") as f:
+        with open(f"{self._path}.tmp", "w") as f:
             f.writelines(kept)
-        os.replace(path + ".tmp", path)
-        self._jsonl = open(path, "a")  # noqa: SIM115
+        os.replace(f"{self._path}.tmp", self._path)
+        self._jsonl = open(self._path, "a")  # noqa: SIM115
 
     def write(self, step: int, record: dict) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, **record}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, **record}) + "\n"
+        if self.remote:
+            self._lines.append(line)
+            self._path.write_text("".join(self._lines))
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
         for key, value in record.items():
             if "/" in key or key in ("lr", "images_per_sec", "epoch"):
                 if isinstance(value, int | float) and math.isfinite(value):
@@ -51,16 +82,34 @@ class MetricWriter:
             print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
     def summary(self, summary: dict) -> None:
-        if self.enabled:
-            path = os.path.join(self.workdir, "summary.json")
-            with open(path + ".tmp", "w") as f:
-                json.dump(summary, f, indent=2)
-            os.replace(path + ".tmp", path)
+        if not self.enabled:
+            return
+        path = self.root / "summary.json"
+        if self.remote:
+            path.write_text(json.dumps(summary, indent=2))
+            return
+        with open(f"{path}.tmp", "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(f"{path}.tmp", path)
+
+    def sync(self, flush: bool = True) -> None:
+        """Copy the local TensorBoard events of a remote workdir into `<workdir>/tensorboard`."""
+        if not (self.enabled and self.remote):
+            return
+        if flush:
+            self._tb.flush()
+        target = self.root / "tensorboard"
+        target.mkdir(parents=True, exist_ok=True)
+        for f in self._tb_dir.iterdir():
+            epath.Path(f).copy(target / f.name, overwrite=True)
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        self._tb.close()
+        self.sync(flush=False)
+        if self._jsonl is not None:
             self._jsonl.close()
-            self._tb.close()
 
 
 class ProgressClock:

@@ -25,12 +25,13 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import data as data_lib
 from resnet_jax import models, optim
-from resnet_jax.metrics import MetricWriter, ProgressClock
+from resnet_jax.metrics import MetricWriter, ProgressClock, is_remote
 
 
 class ConfigError(ValueError):
@@ -444,7 +445,8 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=True, cleanup_tmp_directories=True
     )
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+    root = epath.Path(workdir if is_remote(workdir) else os.path.abspath(workdir))
+    return ocp.CheckpointManager(root / "checkpoints", options=options)
 
 
 def save_checkpoint(
@@ -486,8 +488,8 @@ def set_aside(mngr: ocp.CheckpointManager, damaged: list[int]) -> None:
         return
     if jax.process_index() == 0:
         for step in damaged:
-            path = os.path.join(str(mngr.directory), str(step))
-            os.replace(path, f"{path}.damaged-{int(time.time())}")
+            path = epath.Path(mngr.directory) / str(step)
+            path.rename(path.parent / f"{step}.damaged-{int(time.time())}")
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -534,11 +536,10 @@ class Preemption:
 
 def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     """Refuse to resume a run whose model or data config differs (unless allow_config_change)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path) or cfg.allow_config_change:
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists() or cfg.allow_config_change:
         return
-    with open(path) as f:
-        old = json.load(f)
+    old = json.loads(path.read_text())
     new = json.loads(cfg.to_json())
     differ = [
         f"{section}.{key}"
@@ -633,14 +634,15 @@ def setup(cfg: ml_collections.ConfigDict) -> Run:
 def check_workdir(workdir: str) -> None:
     """The workdir must be creatable and writable before anything else happens."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write-test-{jax.process_index()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
+        root = epath.Path(workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{jax.process_index()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except Exception as e:  # noqa: BLE001 - OSError locally, the store's own errors for gs:// and the like
+        reason = getattr(e, "strerror", None) or type(e).__name__
         raise ConfigError(
-            f"cannot write to --workdir {workdir} ({e.strerror}); choose a writable directory"
+            f"cannot write to --workdir {workdir} ({reason}); choose a writable directory"
         ) from None
 
 
@@ -667,8 +669,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     profile = parse_profile_steps(cfg.profile_steps)
     num_devices = jax.device_count()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(cfg.to_json(indent=2))
+        (epath.Path(workdir) / "config.json").write_text(cfg.to_json(indent=2))
 
     mngr = checkpoint_manager(workdir, cfg.keep_checkpoints)
     restored = restore_checkpoint(mngr, run.abstract_state()) if mngr.all_steps() else None
@@ -697,7 +698,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     with Preemption() as preemption:
         while step < total_steps:
             if profile and step == profile[0]:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
             batch = next(batches)
             if step == start_step:
                 t0 = time.perf_counter()
@@ -746,6 +747,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 except Exception as e:  # noqa: BLE001 - includes the previous async write's error
                     raise checkpoint_failure(mngr, step, e) from e
                 last_good_checkpoint = step
+                writer.sync()  # remote workdirs: TensorBoard events follow the checkpoints
             if do_eval or do_ckpt:
                 clock.start(step)  # throughput counts training time only
             if stop and not final:
