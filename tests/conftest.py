@@ -11,7 +11,6 @@ import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
-CACHE = ROOT / ".cache"
 
 # Through the environment, so that the CLI subprocesses of the tests share the cache too. It lives
 # outside the checkout so fresh clones on the same machine (CI) reuse it; entries are keyed by the

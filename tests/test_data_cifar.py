@@ -13,9 +13,10 @@ import pytest
 
 from resnet_jax import data
 from resnet_jax.data import cifar
+from resnet_jax.data.common import cache_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA_CACHE = ROOT / ".cache" / "data"  # decoded once, then reused by every session
+DATA_CACHE = cache_dir({})  # the package default (~/.cache/resnet_jax): decoded once per machine
 
 
 def cifar_cfg(tar, **kw):
@@ -157,6 +158,7 @@ class Block:
             raise ImportError(name + " is blocked")
 sys.meta_path.insert(0, Block())
 from resnet_jax import data
+from resnet_jax.data.common import cache_dir
 assert "jax" not in sys.modules  # importing the package is cheap
 ds = data.load_in_memory({{"name": "image_folder", "path": {str(tmp_path / "f")!r},
                           "cache_dir": {str(tmp_path / "c")!r}, "mean": "channel"}}, seed=0)

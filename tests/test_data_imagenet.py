@@ -19,7 +19,8 @@ def tiny(cifar_tar, tmp_path_factory):
     from resnet_jax.data import folder_tfds
 
     cifar = data.load_in_memory(
-        {"name": "cifar10", "path": str(cifar_tar), "cache_dir": str(ROOT / ".cache" / "data")}, seed=0
+        {"name": "cifar10", "path": str(cifar_tar)},
+        seed=0,  # decoded arrays from the default user cache
     )
     tmp = tmp_path_factory.mktemp("tiny_jpegs")
     names = cifar.class_names[:3]
