@@ -97,7 +97,7 @@ def restore(workdir: str, run: Any, step: int | None) -> Any:
     mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
     try:
         if step is None:
-            state, _ = train.restore_checkpoint(mngr, run.abstract_state())
+            state, _ = train.restore_checkpoint(mngr, run.abstract_state(), set_aside_damaged=False)
             return state
         if step not in steps:
             raise AnalysisError(f"no checkpoint for step {step} in {directory}; there are {sorted(steps)}")

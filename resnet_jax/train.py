@@ -457,8 +457,14 @@ def save_checkpoint(
     mngr.save(step, args=args, metrics=metrics, force=True)
 
 
-def restore_checkpoint(mngr: ocp.CheckpointManager, abstract: TrainState) -> tuple[TrainState, dict] | None:
-    """The latest readable checkpoint, falling back to older ones (with a warning) if it is damaged."""
+def restore_checkpoint(
+    mngr: ocp.CheckpointManager, abstract: TrainState, set_aside_damaged: bool = True
+) -> tuple[TrainState, dict] | None:
+    """The latest readable checkpoint, falling back to older ones (with a warning) if it is damaged.
+
+    A resuming run sets damaged ones aside (so their steps can be written again); readers such as
+    `analyze` pass `set_aside_damaged=False` and leave the workdir untouched.
+    """
     steps = sorted(mngr.all_steps(), reverse=True)
     for i, step in enumerate(steps):
         try:
@@ -477,7 +483,8 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, abstract: TrainState) -> tup
                     "move the directory away to start afresh"
                 ) from None
             continue
-        set_aside(mngr, steps[:i])
+        if set_aside_damaged:
+            set_aside(mngr, steps[:i])
         return restored["state"], dict(restored["clock"] or {})
     return None
 

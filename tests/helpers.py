@@ -54,3 +54,9 @@ def assert_trees_equal(a, b) -> None:
     assert [p for p, _ in la] == [p for p, _ in lb]
     for (path, x), (_, y) in zip(la, lb, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    """The steps of the complete checkpoints in `workdir` (set-aside or temporary ones excluded)."""
+    d = pathlib.Path(workdir, "checkpoints")
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []

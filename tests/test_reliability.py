@@ -13,7 +13,7 @@ import time
 
 import jax
 import pytest
-from helpers import ROOT, assert_trees_equal, read_metrics, restore_state, tiny_config
+from helpers import ROOT, assert_trees_equal, checkpoint_steps, read_metrics, restore_state, tiny_config
 
 from resnet_jax import train
 
@@ -63,11 +63,6 @@ def straight(tmp_path_factory):
 def assert_same_run(a, b) -> None:
     assert_trees_equal(restore_state(a, STEPS), restore_state(b, STEPS))
     assert deterministic_metrics(a) == deterministic_metrics(b)
-
-
-def checkpoint_steps(workdir) -> list[int]:
-    d = workdir / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
 
 
 def test_kill_9_three_times_then_resume_is_bit_identical(straight, tmp_path):

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import CIFAR_TAR, assert_trees_equal, read_metrics, restore_state, tiny_config
+from helpers import CIFAR_TAR, assert_trees_equal, checkpoint_steps, read_metrics, restore_state, tiny_config
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -34,11 +34,7 @@ def test_end_to_end_cifar20_on_the_jpeg_archive(tmp_path):
     assert summary["done"] and summary["step"] == 36 and summary["params"] == 269_722
     assert json.loads((tmp_path / "config.json").read_text())["model"]["depth"] == 20
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
-        12,
-        24,
-        36,
-    ]
+    assert checkpoint_steps(tmp_path) == [12, 24, 36]
     records = read_metrics(tmp_path)
     train_records = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train_records] == [12, 24, 36]
@@ -237,5 +233,4 @@ def test_checkpoints_keep_the_latest_and_the_best_by_eval_error(tmp_path):
     train.train_and_evaluate(cfg, str(tmp_path))
     evals = {r["step"]: r["eval/top1_error"] for r in read_metrics(tmp_path) if "eval/top1_error" in r}
     best = min(evals, key=lambda s: (evals[s], s))  # the first step reaching the lowest error
-    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert kept == sorted({10, best})
+    assert checkpoint_steps(tmp_path) == sorted({10, best})
