@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.scan_blocks = False  # nn.scan over the identical blocks of each stage
     c.model.scan_unroll = 1  # unroll factor of that scan
     c.model.remat = False  # rematerialise each block in the backward pass
+    c.model.stem_channels = 0  # 4 or 8: zero-pad the image channels for the first conv (GPU speed)
     c.model.bn = "global"  # "global" | "per_device" | "ghost"
     c.model.bn_group_size = 0  # examples per BN group when bn == "ghost"
     c.model.bn_momentum = 0.9

@@ -69,6 +69,10 @@ def check_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         models.validate(m.family, m.depth, m.shortcut, m.stride_on, m.init)
     except models.ModelError as e:
         raise ConfigError(f"{e}") from None
+    if m.stem_channels and m.stem_channels < 4:
+        raise ConfigError(
+            f"model.stem_channels must be 0 (off) or at least 4, e.g. 4 or 8; got {m.stem_channels}"
+        )
     if cfg.batch_size <= 0 or cfg.batch_size % num_devices:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be a positive multiple of the {num_devices} devices; "
@@ -142,6 +146,7 @@ def create_model(cfg: ml_collections.ConfigDict, num_classes: int, num_devices: 
         bn_group_size=bn_group_size(cfg, num_devices),
         zero_init_residual=m.zero_init_residual,
         init=m.init,
+        stem_channels=m.stem_channels,
     )
 
 

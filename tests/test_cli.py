@@ -60,6 +60,11 @@ BAD_CONFIGS = {
         train.ConfigError,
         "checkpoint_every_steps is 5 but the run has 4 steps",
     ),
+    "stem channels": (
+        {"model.stem_channels": 2},
+        train.ConfigError,
+        "model.stem_channels must be 0 .off. or at least 4, e.g. 4 or 8; got 2",
+    ),
     "dtype": ({"model.dtype": "int8"}, train.ConfigError, "model.dtype must be 'auto' or one of"),
     "missing path": (
         {"data.name": "image_folder", "data.path": "/nonexistent/cifar"},

@@ -149,6 +149,38 @@ def test_remat_does_not_change_the_gradients():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g2)
 
 
+@pytest.mark.parametrize("kernel,strides", [(3, 1), (7, 2)])
+def test_channel_padded_conv_equals_conv(kernel, strides):
+    """Zero input channels with zero kernel rows: the same parameter, outputs and gradients as `conv`."""
+    from resnet_jax.models.layers import ChannelPaddedConv, conv
+
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+    plain = conv(8, kernel, strides, jnp.float32, "fan_in", "conv1")
+    padded = ChannelPaddedConv(8, kernel, strides, 8, jnp.float32, "fan_in")
+    params = plain.init(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, padded.init(jax.random.key(0), x), params)
+
+    def loss(module, p):
+        return jnp.sum(jnp.sin(module.apply(p, x)))
+
+    np.testing.assert_allclose(padded.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
+    g1, g2 = jax.grad(lambda p: loss(plain, p))(params), jax.grad(lambda p: loss(padded, p))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g1, g2)
+
+
+def test_channel_padded_stem_gives_the_same_network():
+    plain = models.create("cifar", 8, "A")
+    padded = models.create("cifar", 8, "A", stem_channels=4)
+    x = jax.random.normal(jax.random.key(1), (32, 16, 16, 3))
+    y = jnp.arange(32) % 10
+    variables = plain.init(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, padded.init(jax.random.key(0), x), variables)
+    (loss1, _), g1 = loss_and_grads(plain, variables, x, y)
+    (loss2, _), g2 = loss_and_grads(padded, variables, x, y)
+    np.testing.assert_allclose(loss1, loss2, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g2)
+
+
 def test_bottleneck_stride_placement_v1_and_v15():
     x = jnp.zeros((1, 64, 64, 3))
     v1 = models.create("imagenet", 50, "B", 5, stride_on="1x1")

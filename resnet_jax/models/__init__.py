@@ -64,6 +64,7 @@ def create(
     bn_group_size: int = 0,
     zero_init_residual: bool = False,
     init: str = "fan_in",
+    stem_channels: int = 0,
 ) -> ResNet:
     """The ResNet of the given family and depth (see the module docstring)."""
     validate(family, depth, shortcut, stride_on, init)
@@ -91,6 +92,7 @@ def create(
         bn_group_size=bn_group_size,
         zero_init_residual=zero_init_residual,
         init_mode=init,
+        stem_channels=stem_channels,
     )
 
 

@@ -32,6 +32,38 @@ def conv(features: int, kernel: int, strides: int, dtype: Dtype, init: str, name
     )
 
 
+class ChannelPaddedConv(nn.Module):
+    """`conv` with its input channels zero-padded to `in_channels` before the convolution.
+
+    The same function and the same parameter (`kernel`, shape `(k, k, c, features)`, initialised
+    identically): the kernel gets zero rows for the padded channels, so outputs and gradients are
+    those of `conv`. Tensor-core convolution kernels want channel counts in multiples of 4 or 8; an
+    RGB stem (c = 3) otherwise runs in a slow path on GPUs.
+    """
+
+    features: int
+    kernel: int
+    strides: int
+    in_channels: int
+    dtype: Dtype
+    init_mode: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c, k, pad = x.shape[-1], self.kernel, self.kernel // 2
+        w = self.param("kernel", he_normal(self.init_mode), (k, k, c, self.features), jnp.float32)
+        extra = max(self.in_channels - c, 0)
+        x = jnp.pad(x.astype(self.dtype), ((0, 0), (0, 0), (0, 0), (0, extra)))
+        w = jnp.pad(w.astype(self.dtype), ((0, 0), (0, 0), (0, extra), (0, 0)))
+        return jax.lax.conv_general_dilated(
+            x,
+            w,
+            (self.strides, self.strides),
+            ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+
 class BatchNorm(nn.Module):
     """Batch normalisation with statistics in float32 over groups of `group_size` examples.
 

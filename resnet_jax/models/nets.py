@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models.blocks import BasicBlock, BottleneckBlock, ScanBody
-from resnet_jax.models.layers import BatchNorm, conv
+from resnet_jax.models.layers import BatchNorm, ChannelPaddedConv, conv
 
 # ImageNet depth -> (block type, blocks per stage), Table 1.
 IMAGENET_STAGES: dict[int, tuple[str, tuple[int, ...]]] = {
@@ -48,6 +48,7 @@ class ResNet(nn.Module):
     bn_group_size: int = 0
     zero_init_residual: bool = False
     init_mode: str = "fan_in"
+    stem_channels: int = 0  # > 3: zero-pad the image's channels to this for the first conv
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -60,12 +61,15 @@ class ResNet(nn.Module):
             dtype=self.dtype,
         )
         x = x.astype(self.dtype)
-        if self.stem == "cifar":
-            x = conv(self.widths[0], 3, 1, self.dtype, self.init_mode, "conv1")(x)
-            x = nn.relu(bn(name="bn1")(x))
+        features, kernel, strides = (self.widths[0], 3, 1) if self.stem == "cifar" else (64, 7, 2)
+        if self.stem_channels > x.shape[-1]:
+            conv1 = ChannelPaddedConv(
+                features, kernel, strides, self.stem_channels, self.dtype, self.init_mode, name="conv1"
+            )
         else:
-            x = conv(64, 7, 2, self.dtype, self.init_mode, "conv1")(x)
-            x = nn.relu(bn(name="bn1")(x))
+            conv1 = conv(features, kernel, strides, self.dtype, self.init_mode, "conv1")
+        x = nn.relu(bn(name="bn1")(conv1(x)))
+        if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for s, (n, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True), start=1):
             x = self.stage(x, s, n, width, train)
