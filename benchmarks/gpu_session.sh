@@ -1,24 +1,21 @@
 #!/usr/bin/env bash
-# One prepared GPU session (written for one H200, ~8.5 minutes wall in all, compiles included).
+# One prepared GPU session (written for one H200): a list of items, run most important first.
 #
-#   OUT=/tmp/gpu_session bash benchmarks/gpu_session.sh    # from the repository root
+#   OUT=/tmp/gpu_session bash benchmarks/gpu_session.sh              # from the repository root
+#   ITEMS="r50_v15 peer_r50" OUT=... bash benchmarks/gpu_session.sh  # chosen items, in that order
 #
 # Needs: jax with CUDA, flax, optax, orbax-checkpoint, pillow; ml_collections and tensorboardX as wheels
 # in .whl/ (installed here into /tmp/site when they are not importable); the CIFAR-10 JPEG archive at
-# .data/cifar10-jpeg.tar.gz (CIFAR_TAR=... to change). No TensorFlow on any path used here.
+# .data/cifar10-jpeg.tar.gz (CIFAR_TAR=... to change); for peer_r50, google/flax examples/imagenet in
+# .peer/flax/examples/imagenet (ignored; see benchmarks/peer_flax_imagenet.py). No TensorFlow anywhere.
+# With the device tool: carry .whl, .data and .peer.
 #
-# Items run most important first; each is skipped when less than its estimated time is left of
-# BUDGET_S (default 510 s) and killed at its cap or when the budget runs out, so a timeout loses only
-# the last items. Every item writes JSON into $OUT as it goes; the summary at the end (also in
-# $OUT/summary.md) is Markdown for BENCHMARKS.md.
-#   1 ResNet-50 v1.5, batch 256, bf16, synthetic           (compare: flax examples/imagenet 6,879 img/s)
-#   2 CIFAR ResNet-56, batch 128, bf16, real CIFAR-10 with on-device augmentation, 1 and 20 steps/call
-#   3 the paper's full CIFAR-10 ResNet-20 recipe (64k steps) through resnet_jax.main, R20_STEPS_PER_CALL
-#   4 ResNet-50 v1 (the paper's, stride on the 1x1), batch 256, bf16, synthetic
-#   5 CIFAR ResNet-20 and ResNet-110 (scanned, the config's default), synthetic, 1 and 20 steps/call
-#   6 CIFAR ResNet-1202 (scanned), batch 128, a few steps
-#   7 one XLA flag: ResNet-20, 1 step/call, command buffers off (compare with item 5)
-#   8 CIFAR ResNet-56 with scanned blocks, synthetic (the peers found scan faster on the GPU)
+# Each item is skipped when less than its estimated time is left of BUDGET_S (default 510 s) and
+# killed at its cap or when the budget runs out, so a timeout loses only the last items. Every item
+# writes JSON into $OUT as it goes; the summary at the end (also $OUT/summary.md) is Markdown for
+# BENCHMARKS.md. The default ITEMS are the second session's plan for issue #7 (same-session peer,
+# where the ResNet-20 and ResNet-50 steps spend their time, and cheap levers); `all_items` below
+# lists every item, the first session's included.
 
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -71,50 +68,94 @@ python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.
 git log -1 --format='commit %h %s' 2>/dev/null || true
 if [[ ! -f $CIFAR_TAR ]]; then log "no $CIFAR_TAR: the real-data items will fail"; fi
 BENCH=(python3 benchmarks/train_step.py --dtype=bfloat16)
+PROFILE=(python3 benchmarks/profile_step.py --dtype=bfloat16)
+R50=(--config=configs/imagenet_r50.py:v1.5 --batch_size=256 --steps=30 --warmup=10 --repeats=3)
+R20=(--config=configs/cifar10.py:resnet20 --steps_per_call=20 --steps=200 --warmup=20 --no_loop)
 
-# 1. ResNet-50 v1.5 (as the flax example and torchvision), batch 256, bf16.
-item r50_v15 60 170 "${BENCH[@]}" --config=configs/imagenet_r50.py:v1.5 --batch_size=256 \
-  --steps=30 --warmup=10 --repeats=3 --json="$OUT/r50_v15.json"
+# r20_flags NAME FLAGS: ResNet-20 at 20 steps/call (the full recipe's regime), synthetic, under XLA_FLAGS.
+r20_flags() {
+  item "r20_$1" 25 60 env XLA_FLAGS="$2" "${BENCH[@]}" "${R20[@]}" --json="$OUT/r20_$1.json"
+}
 
-# 2. ResNet-56 on real CIFAR-10 with on-device augmentation (decodes the archive once, cached for item 3).
-item r56_cifar10 70 190 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 --real_data \
-  --set=data.path="$CIFAR_TAR" --steps_per_call=1,20 --steps=100 --warmup=20 --json="$OUT/r56_cifar10.json"
+run_item() {
+  case $1 in
+    # --- issue #7, second session: a same-session peer, then where the time goes, then levers ---
+    peer_r50) # the flax example's own ResNet-50 v1.5 step, bf16, batch 256 (issue: 6,879 img/s)
+      item peer_r50 60 150 python3 benchmarks/peer_flax_imagenet.py --batch_size=256 --steps=30 \
+        --warmup=10 --repeats=3 --json="$OUT/peer_r50.json" ;;
+    r50_v15) # ours, same settings (first session: 6,933 img/s)
+      item r50_v15 60 170 "${BENCH[@]}" "${R50[@]}" --no_loop --json="$OUT/r50_v15.json" ;;
+    r50_v15_stem4) # the channel-padded stem (model.stem_channels=4)
+      item r50_v15_stem4 60 170 "${BENCH[@]}" "${R50[@]}" --no_loop --set model.stem_channels=4 \
+        --json="$OUT/r50_v15_stem4.json" ;;
+    profile_r20) # kernel time table of the ResNet-20 step at 20 steps/call
+      item profile_r20 40 100 "${PROFILE[@]}" --config=configs/cifar10.py:resnet20 --steps_per_call=20 \
+        --steps=40 --json="$OUT/profile_r20.json" ;;
+    profile_r50) # kernel time table of the ResNet-50 v1.5 step, batch 256
+      item profile_r50 60 150 "${PROFILE[@]}" --config=configs/imagenet_r50.py:v1.5 --batch_size=256 \
+        --steps=5 --json="$OUT/profile_r50.json" ;;
+    r20_default) r20_flags default "" ;;
+    r20_cmdbuf_unroll) r20_flags cmdbuf_unroll "--xla_gpu_command_buffer_unroll_loops=true" ;;
+    r20_cmdbuf_cudnn) r20_flags cmdbuf_cudnn "--xla_gpu_enable_command_buffer=+CUDNN" ;;
+    r20_concurrent) r20_flags concurrent "--xla_gpu_graph_enable_concurrent_region=true" ;;
+    r20_conv_fusion) r20_flags conv_fusion "--xla_gpu_experimental_enable_conv_fusion=true" ;;
+    r20_runtime_fusion) r20_flags runtime_fusion "--xla_gpu_use_runtime_fusion=true" ;;
+    r20_nhwc) r20_flags nhwc "--xla_gpu_force_conv_nhwc=true" ;;
+    r50_conv_fusion) # cuDNN conv fusion on the big net
+      item r50_conv_fusion 60 170 env XLA_FLAGS="--xla_gpu_experimental_enable_conv_fusion=true" \
+        "${BENCH[@]}" "${R50[@]}" --no_loop --json="$OUT/r50_conv_fusion.json" ;;
 
-# 3. The paper's full ResNet-20 recipe (64k steps, eval every 1k) through the trainer's own entry point.
-# At the time limit the trainer gets SIGTERM: it checkpoints and stops; metrics.jsonl has how far it got.
-rm -rf /tmp/r20_full
-item r20_full 100 250 python3 -m resnet_jax.main --config=configs/cifar10.py:resnet20 --workdir=/tmp/r20_full \
-  --config.data.path="$CIFAR_TAR" --config.model.dtype=bfloat16 --config.steps_per_call="$R20_STEPS_PER_CALL"
-if [[ -d /tmp/r20_full ]]; then
-  mkdir -p "$OUT/r20_full"
-  cp /tmp/r20_full/{summary.json,metrics.jsonl,config.json} "$OUT/r20_full/" 2>/dev/null
-  first=$(grep -o 'first step compiled and ran in [0-9.]*' "$OUT/r20_full.log" | grep -o '[0-9.]*$')
-  printf '{"process_wall_s": %s, "first_step_s": %s, "steps_per_call": %s, "exit": %s}\n' \
-    "$ITEM_WALL" "${first:-null}" "$R20_STEPS_PER_CALL" "$ITEM_RC" >"$OUT/r20_full/wall.json"
-fi
+    # --- the first session's items (2026-11-27) ---
+    r50_v15_loop) # ResNet-50 v1.5 with the trainer-like loop timed too
+      item r50_v15_loop 60 170 "${BENCH[@]}" "${R50[@]}" --json="$OUT/r50_v15_loop.json" ;;
+    r56_cifar10) # real CIFAR-10 with on-device augmentation, 1 and 20 steps/call
+      item r56_cifar10 70 190 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 --real_data \
+        --set=data.path="$CIFAR_TAR" --steps_per_call=1,20 --steps=100 --warmup=20 \
+        --json="$OUT/r56_cifar10.json" ;;
+    r20_full) r20_full ;;
+    r50_v1) # the paper's ResNet-50 (stride on the first 1x1)
+      item r50_v1 60 150 "${BENCH[@]}" --config=configs/imagenet_r50.py --batch_size=256 \
+        --steps=30 --warmup=10 --repeats=3 --json="$OUT/r50_v1.json" ;;
+    r20_synth)
+      item r20_synth 30 90 "${BENCH[@]}" --config=configs/cifar10.py:resnet20 --steps_per_call=1,20 \
+        --steps=200 --warmup=20 --json="$OUT/r20_synth.json" ;;
+    r110_synth) # scanned: the config's default from depth 110
+      item r110_synth 45 120 "${BENCH[@]}" --config=configs/cifar10.py:resnet110 --steps_per_call=1,20 \
+        --steps=60 --warmup=20 --json="$OUT/r110_synth.json" ;;
+    r1202_synth)
+      item r1202_synth 40 120 "${BENCH[@]}" --config=configs/cifar10.py:resnet1202 --steps=6 --warmup=2 \
+        --repeats=2 --no_loop --json="$OUT/r1202_synth.json" ;;
+    r20_synth_nocmdbuf) # command buffers (CUDA graphs) off, 1 step/call
+      item r20_synth_nocmdbuf 25 60 env XLA_FLAGS="--xla_gpu_enable_command_buffer=" "${BENCH[@]}" \
+        --config=configs/cifar10.py:resnet20 --steps=200 --warmup=20 --json="$OUT/r20_synth_nocmdbuf.json" ;;
+    r56_scan_synth)
+      item r56_scan_synth 40 100 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 \
+        --set=model.scan_blocks=true --steps_per_call=1,20 --steps=100 --warmup=20 \
+        --json="$OUT/r56_scan_synth.json" ;;
+    *) log "unknown item $1 (see run_item in $0)"; echo "$1: unknown item" >>"$OUT/skipped.txt" ;;
+  esac
+}
 
-# 4. ResNet-50 v1 (the paper's: stride on the first 1x1), batch 256, bf16.
-item r50_v1 60 150 "${BENCH[@]}" --config=configs/imagenet_r50.py --batch_size=256 \
-  --steps=30 --warmup=10 --repeats=3 --json="$OUT/r50_v1.json"
+# The paper's full ResNet-20 recipe (64k steps, eval every 1k) through the trainer's own entry point,
+# under R20_XLA_FLAGS. At the time limit the trainer gets SIGTERM: it checkpoints and stops.
+r20_full() {
+  rm -rf /tmp/r20_full
+  item r20_full 100 250 env XLA_FLAGS="${R20_XLA_FLAGS:-}" python3 -m resnet_jax.main \
+    --config=configs/cifar10.py:resnet20 --workdir=/tmp/r20_full --config.data.path="$CIFAR_TAR" \
+    --config.model.dtype=bfloat16 --config.steps_per_call="$R20_STEPS_PER_CALL"
+  if [[ -d /tmp/r20_full ]]; then
+    mkdir -p "$OUT/r20_full"
+    cp /tmp/r20_full/{summary.json,metrics.jsonl,config.json} "$OUT/r20_full/" 2>/dev/null
+    local first
+    first=$(grep -o 'first step compiled and ran in [0-9.]*' "$OUT/r20_full.log" | grep -o '[0-9.]*$')
+    printf '{"process_wall_s": %s, "first_step_s": %s, "steps_per_call": %s, "exit": %s}\n' \
+      "$ITEM_WALL" "${first:-null}" "$R20_STEPS_PER_CALL" "$ITEM_RC" >"$OUT/r20_full/wall.json"
+  fi
+}
 
-# 5. CIFAR ResNet-20 and ResNet-110 (scanned: the config's default from depth 110), synthetic data.
-item r20_synth 30 90 "${BENCH[@]}" --config=configs/cifar10.py:resnet20 --steps_per_call=1,20 \
-  --steps=200 --warmup=20 --json="$OUT/r20_synth.json"
-item r110_synth 45 120 "${BENCH[@]}" --config=configs/cifar10.py:resnet110 --steps_per_call=1,20 \
-  --steps=60 --warmup=20 --json="$OUT/r110_synth.json"
-
-# 6. ResNet-1202, scanned, batch 128: it trains on one GPU; compile and step time.
-item r1202_synth 40 120 "${BENCH[@]}" --config=configs/cifar10.py:resnet1202 --steps=6 --warmup=2 \
-  --repeats=2 --no_loop --json="$OUT/r1202_synth.json"
-
-# 7. One XLA flag, cheap: command buffers (CUDA graphs) off, on the launch-bound ResNet-20 at 1 step/call
-# (compare with item 5's first row).
-item r20_synth_nocmdbuf 25 60 env XLA_FLAGS="--xla_gpu_enable_command_buffer=" "${BENCH[@]}" \
-  --config=configs/cifar10.py:resnet20 --steps=200 --warmup=20 --json="$OUT/r20_synth_nocmdbuf.json"
-
-# 8. ResNet-56 with scanned blocks (not the config's default), synthetic.
-item r56_scan_synth 40 100 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 --set=model.scan_blocks=true \
-  --steps_per_call=1,20 --steps=100 --warmup=20 --json="$OUT/r56_scan_synth.json"
+DEFAULT_ITEMS="peer_r50 r50_v15 profile_r20 r20_default r20_cmdbuf_unroll r20_conv_fusion r20_cmdbuf_cudnn \
+r20_concurrent r50_v15_stem4 profile_r50 r20_runtime_fusion r20_nhwc r50_conv_fusion"
+for name in ${ITEMS:-$DEFAULT_ITEMS}; do run_item "$name"; done
 
 log "summary"
 python3 benchmarks/session_summary.py "$OUT" | tee "$OUT/summary.md"

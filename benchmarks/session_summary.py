@@ -2,8 +2,9 @@
 
     python3 benchmarks/session_summary.py $OUT
 
-Reads every train_step.py JSON (`*.json` with "rows"), the full training runs (`*/summary.json` and
-`*/metrics.jsonl`) and `skipped.txt`, and prints one table of training steps, one of runs.
+Reads every train_step.py JSON (`*.json` with "rows"), peer_flax_imagenet.py JSON (with "peer"), the
+full training runs (`*/summary.json` and `*/metrics.jsonl`) and `skipped.txt`, and prints one table
+of training steps, one of peer steps and one of runs.
 """
 
 from __future__ import annotations
@@ -74,6 +75,22 @@ def run_table(dirs: list[pathlib.Path]) -> list[str]:
     return lines
 
 
+def peer_table(files: list[pathlib.Path]) -> list[str]:
+    lines = [
+        "| run | peer | batch | dtype | device | compile s | step ms | img/s |",
+        "|---|---|---:|---|---|---:|---:|---:|",
+    ]
+    for path in files:
+        r = json.loads(path.read_text())["peer"]
+        dtype = r["dtype"] + (" + loss scaling" if r["dynamic_scale"] else "")
+        lines.append(
+            f"| {path.stem} | {r['peer']} ({r.get('peer_source') or '?'}) | {r['batch_size']} | {dtype} | "
+            f"{r['device_count']} x {r['device_kind']} | {r['lower_s'] + r['compile_s']:.1f} | "
+            f"{r['step_ms']:.3f} | {r['images_per_s']:,.0f} |"
+        )
+    return lines
+
+
 def main(argv: list[str]) -> None:
     out = pathlib.Path(argv[1] if len(argv) > 1 else ".")
     files = sorted(
@@ -85,6 +102,10 @@ def main(argv: list[str]) -> None:
         print(f"devices: {env['devices']}; jax {env['jax']}, flax {env['flax']}, python {env['python']}")
         print(f"date (UTC): {env['date_utc']}\n")
         print("\n".join(step_table(files)))
+    peers = sorted(p for p in out.glob("*.json") if "peer" in json.loads(p.read_text() or "{}"))
+    if peers:
+        print()
+        print("\n".join(peer_table(peers)))
     runs = sorted(p.parent for p in out.glob("*/metrics.jsonl"))
     if runs:
         print()

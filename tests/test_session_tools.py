@@ -1,0 +1,116 @@
+"""The GPU-session tools: the prepared session script, its summary and the peer harness's import."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "h200-2026-11-27"
+
+
+def summary(folder: pathlib.Path) -> str:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "session_summary.py"), str(folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout
+
+
+def test_summary_of_the_committed_h200_results_gives_the_figures_in_benchmarks_md():
+    text = summary(RESULTS)
+    benchmarks_md = (ROOT / "BENCHMARKS.md").read_text()
+    r20 = next(line for line in text.splitlines() if line.startswith("| r20_synth |") and "| 20 |" in line)
+    assert "| 1.701 | 75,231 |" in r20
+    assert "75,231" in benchmarks_md and "1.70 ms/step" in benchmarks_md
+    r1202 = next(line for line in text.splitlines() if line.startswith("| r1202_synth |"))
+    assert "| 144.217 | 888 |" in r1202
+    assert "144 ms/step (888 img/s)" in benchmarks_md
+
+
+def test_summary_lists_peer_rows_and_skipped_items(tmp_path):
+    peer = {
+        "peer": "google/flax examples/imagenet ResNet50",
+        "peer_source": "google/flax abc123",
+        "dtype": "bfloat16",
+        "dynamic_scale": False,
+        "batch_size": 256,
+        "device_count": 1,
+        "device_kind": "NVIDIA H200",
+        "lower_s": 1.0,
+        "compile_s": 20.5,
+        "step_ms": 37.21,
+        "images_per_s": 6880.0,
+    }
+    (tmp_path / "peer_r50.json").write_text(json.dumps({"peer": peer}))
+    (tmp_path / "skipped.txt").write_text("r50_v1: skipped, needs ~60 s, 12 s left\n")
+    text = summary(tmp_path)
+    row = "| peer_r50 | google/flax examples/imagenet ResNet50 (google/flax abc123) | 256 | bfloat16 |"
+    assert row in text
+    assert "| 21.5 | 37.210 | 6,880 |" in text
+    assert "r50_v1: skipped, needs ~60 s, 12 s left" in text
+
+
+def test_session_script_runs_named_items_skips_what_the_budget_cannot_hold(tmp_path):
+    """Unknown items are reported, items longer than the budget are skipped, the summary still runs."""
+    env = {**os.environ, "OUT": str(tmp_path), "BUDGET_S": "20", "ITEMS": "no_such_item r50_v15"}
+    out = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_session.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    skipped = (tmp_path / "skipped.txt").read_text()
+    assert "no_such_item: unknown item" in skipped
+    assert "r50_v15: skipped, needs ~60 s" in skipped
+    assert (tmp_path / "summary.md").exists()
+
+
+def test_peer_harness_stands_in_for_missing_tensorflow_and_clu(tmp_path):
+    """The flax example imports TF, TFDS and clu at the top; the GPU image has none of them."""
+    peer = tmp_path / "imagenet"
+    peer.mkdir()
+    (peer / "train.py").write_text(
+        textwrap.dedent(
+            """
+            from clu import metric_writers, periodic_actions
+            import tensorflow as tf
+            import tensorflow_datasets as tfds
+            import input_pipeline
+            import models
+            NUM_CLASSES = 1000
+            """
+        )
+    )
+    (peer / "models.py").write_text("ResNet50 = object\n")
+    (peer / "input_pipeline.py").write_text("import tensorflow as tf\nDTYPE = tf.float32\n")
+    code = textwrap.dedent(
+        f"""
+        import json, sys, pathlib
+        for name in ("tensorflow", "tensorflow_datasets", "clu"):
+            sys.modules[name] = None  # as if not installed
+        sys.path.insert(0, {str(ROOT / "benchmarks")!r})
+        import peer_flax_imagenet as p
+        train, models, stood_in = p.import_peer(pathlib.Path({str(peer)!r}))
+        print(json.dumps([sorted(stood_in), train.NUM_CLASSES, models.ResNet50 is object]))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    stood_in, num_classes, models_found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"tensorflow", "tensorflow_datasets", "clu", "input_pipeline"} <= set(stood_in)
+    assert num_classes == 1000 and models_found
+
+
+def test_peer_harness_says_where_to_put_the_peer_code(tmp_path):
+    script = ROOT / "benchmarks" / "peer_flax_imagenet.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--peer_dir", str(tmp_path / "missing")], capture_output=True, text=True
+    )
+    assert out.returncode != 0
+    assert "copy google/flax examples/imagenet there" in out.stderr
