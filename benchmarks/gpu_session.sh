@@ -101,6 +101,10 @@ run_item() {
     r20_conv_fusion) r20_flags conv_fusion "--xla_gpu_experimental_enable_conv_fusion=true" ;;
     r20_runtime_fusion) r20_flags runtime_fusion "--xla_gpu_use_runtime_fusion=true" ;;
     r20_nhwc) r20_flags nhwc "--xla_gpu_force_conv_nhwc=true" ;;
+    r20_f32) # float32 convolutions (TF32) instead of bf16: small-channel convs may prefer them
+      item r20_f32 25 60 python3 benchmarks/train_step.py --dtype=float32 "${R20[@]}" --json="$OUT/r20_f32.json" ;;
+    r56_full) # the paper's full ResNet-56 recipe (target <= 300 s; ~321 s of steps at the first session's 5.0 ms)
+      full_run r56_full resnet56 20 420 ;;
     r50_conv_fusion) # cuDNN conv fusion on the big net
       item r50_conv_fusion 60 170 env XLA_FLAGS="--xla_gpu_experimental_enable_conv_fusion=true" \
         "${BENCH[@]}" "${R50[@]}" --no_loop --json="$OUT/r50_conv_fusion.json" ;;
@@ -112,7 +116,7 @@ run_item() {
       item r56_cifar10 70 190 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 --real_data \
         --set=data.path="$CIFAR_TAR" --steps_per_call=1,20 --steps=100 --warmup=20 \
         --json="$OUT/r56_cifar10.json" ;;
-    r20_full) r20_full ;;
+    r20_full) full_run r20_full resnet20 "$R20_STEPS_PER_CALL" 250 ;;
     r50_v1) # the paper's ResNet-50 (stride on the first 1x1)
       item r50_v1 60 150 "${BENCH[@]}" --config=configs/imagenet_r50.py --batch_size=256 \
         --steps=30 --warmup=10 --repeats=3 --json="$OUT/r50_v1.json" ;;
@@ -136,25 +140,27 @@ run_item() {
   esac
 }
 
-# The paper's full ResNet-20 recipe (64k steps, eval every 1k) through the trainer's own entry point,
-# under R20_XLA_FLAGS. At the time limit the trainer gets SIGTERM: it checkpoints and stops.
-r20_full() {
-  rm -rf /tmp/r20_full
-  item r20_full 100 250 env XLA_FLAGS="${R20_XLA_FLAGS:-}" python3 -m resnet_jax.main \
-    --config=configs/cifar10.py:resnet20 --workdir=/tmp/r20_full --config.data.path="$CIFAR_TAR" \
-    --config.model.dtype=bfloat16 --config.steps_per_call="$R20_STEPS_PER_CALL"
-  if [[ -d /tmp/r20_full ]]; then
-    mkdir -p "$OUT/r20_full"
-    cp /tmp/r20_full/{summary.json,metrics.jsonl,config.json} "$OUT/r20_full/" 2>/dev/null
+# full_run NAME NET STEPS_PER_CALL CAP: the paper's full CIFAR-10 recipe (64k steps, eval every 1k) through
+# the trainer's own entry point, under FULL_XLA_FLAGS. At the time limit the trainer gets SIGTERM: it
+# checkpoints and stops, and metrics.jsonl has how far it got.
+full_run() {
+  local name=$1 net=$2 k=$3 cap=$4
+  rm -rf "/tmp/$name"
+  item "$name" 100 "$cap" env XLA_FLAGS="${FULL_XLA_FLAGS:-}" python3 -m resnet_jax.main \
+    --config=configs/cifar10.py:"$net" --workdir="/tmp/$name" --config.data.path="$CIFAR_TAR" \
+    --config.model.dtype=bfloat16 --config.steps_per_call="$k"
+  if [[ -d /tmp/$name ]]; then
+    mkdir -p "$OUT/$name"
+    cp "/tmp/$name"/{summary.json,metrics.jsonl,config.json} "$OUT/$name/" 2>/dev/null
     local first
-    first=$(grep -o 'first step compiled and ran in [0-9.]*' "$OUT/r20_full.log" | grep -o '[0-9.]*$')
+    first=$(grep -o 'first step compiled and ran in [0-9.]*' "$OUT/$name.log" | grep -o '[0-9.]*$')
     printf '{"process_wall_s": %s, "first_step_s": %s, "steps_per_call": %s, "exit": %s}\n' \
-      "$ITEM_WALL" "${first:-null}" "$R20_STEPS_PER_CALL" "$ITEM_RC" >"$OUT/r20_full/wall.json"
+      "$ITEM_WALL" "${first:-null}" "$k" "$ITEM_RC" >"$OUT/$name/wall.json"
   fi
 }
 
-DEFAULT_ITEMS="peer_r50 r50_v15 profile_r20 r20_default r20_cmdbuf_unroll r20_conv_fusion r20_cmdbuf_cudnn \
-r20_concurrent r50_v15_stem4 profile_r50 r20_runtime_fusion r20_nhwc r50_conv_fusion"
+DEFAULT_ITEMS="peer_r50 r50_v15 profile_r20 r20_default r20_cmdbuf_unroll r20_conv_fusion r20_f32 \
+r20_cmdbuf_cudnn r50_v15_stem4 profile_r50 r20_concurrent r20_runtime_fusion r20_nhwc r50_conv_fusion"
 for name in ${ITEMS:-$DEFAULT_ITEMS}; do run_item "$name"; done
 
 log "summary"
