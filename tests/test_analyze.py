@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, tiny_config
+from helpers import ROOT, checkpoint_steps, damage_checkpoint, tiny_config
 
 from resnet_jax import analyze, models, train
 
@@ -141,6 +141,22 @@ def test_bad_input_is_one_sentence_and_exit_2(runs, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, (argv, err)
     assert json.loads((empty / "config.json").read_text())["model"]["shortcut"] == "none"
+
+
+def test_a_damaged_latest_checkpoint_is_read_around_and_left_in_place(tmp_path, capsys):
+    """analyze falls back to the previous checkpoint but renames nothing: only a resuming run sets
+    damaged checkpoints aside."""
+    workdir = tmp_path / "run"
+    cfg = tiny_config(num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=4)
+    train.train_and_evaluate(cfg, str(workdir))
+    damage_checkpoint(workdir, 4)
+    before = sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*"))
+    argv = ["gradients", f"--workdir={workdir}", "--batches=1", f"--out={tmp_path / 'out'}"]
+    assert analyze.main(argv) == 0
+    assert f"checkpoint {workdir / 'checkpoints' / '4'} is unreadable" in capsys.readouterr().out
+    assert {r["net"] for r in read_csv(tmp_path / "out" / "gradients.csv")} == {"ResNet-8 at step 2"}
+    assert checkpoint_steps(workdir) == [2, 4]
+    assert sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*")) == before
 
 
 @pytest.mark.parametrize("depth, count", [(18, 16), (50, 16)])

@@ -13,7 +13,15 @@ import time
 
 import jax
 import pytest
-from helpers import ROOT, assert_trees_equal, checkpoint_steps, read_metrics, restore_state, tiny_config
+from helpers import (
+    ROOT,
+    assert_trees_equal,
+    checkpoint_steps,
+    damage_checkpoint,
+    read_metrics,
+    restore_state,
+    tiny_config,
+)
 
 from resnet_jax import train
 
@@ -144,10 +152,7 @@ def test_a_second_sigint_aborts_at_once_and_the_run_still_resumes(straight, tmp_
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(straight, tmp_path):
     train.train_and_evaluate(tiny_config(**{**OVERRIDES, "num_train_steps": 8}), str(tmp_path))
-    latest = tmp_path / "checkpoints" / "8" / "state"
-    for f in latest.rglob("*"):
-        if f.is_file() and f.stat().st_size > 0:
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncate every file
+    damage_checkpoint(tmp_path, 8)
     out = finish(tmp_path)
     assert f"checkpoint {tmp_path / 'checkpoints' / '8'} is unreadable" in out
     assert "resuming from step 6" in out
