@@ -432,6 +432,11 @@ def evaluate(state: TrainState, inputs: Inputs, step_fn, mesh: Mesh) -> dict:
 # Checkpoints: orbax, asynchronous, the latest `keep` plus the best by eval error.
 
 
+def checkpoint_dir(workdir: str) -> epath.Path:
+    """<workdir>/checkpoints: absolute for a local workdir (orbax needs that), a URL kept as it is."""
+    return epath.Path(workdir if is_remote(workdir) else os.path.abspath(workdir)) / "checkpoints"
+
+
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     pp = ocp.checkpoint_managers
     policy = pp.AnyPreservationPolicy(
@@ -445,8 +450,7 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=True, cleanup_tmp_directories=True
     )
-    root = epath.Path(workdir if is_remote(workdir) else os.path.abspath(workdir))
-    return ocp.CheckpointManager(root / "checkpoints", options=options)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
 def save_checkpoint(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, checkpoint_steps, damage_checkpoint, tiny_config
 
-from resnet_jax import analyze, models, train
+from resnet_jax import analyze, models, report, train
 
 pytestmark = pytest.mark.needs_trainer
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
@@ -157,6 +157,23 @@ def test_a_damaged_latest_checkpoint_is_read_around_and_left_in_place(tmp_path, 
     assert {r["net"] for r in read_csv(tmp_path / "out" / "gradients.csv")} == {"ResNet-8 at step 2"}
     assert checkpoint_steps(workdir) == [2, 4]
     assert sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*")) == before
+
+
+def test_a_run_in_a_gs_bucket_is_analysed_and_reported_there(gs_bucket, capsys):
+    """The trainer writes to gs:// (conftest.gs_bucket: orbax's GCS paths, a local store), analyze and
+    report read the run there and write their files beside it."""
+    run = "gs://b/sweep/resnet8-seed0"
+    train.train_and_evaluate(tiny_config(num_train_steps=2, eval_every_steps=2), run)
+    local = gs_bucket / "b" / "sweep" / "resnet8-seed0"
+    assert (local / "checkpoints" / "2" / "commit_success.txt").exists()  # a GCS checkpoint, not renamed
+    assert analyze.main(["gradients", f"--workdir={run}", "--batches=1"]) == 0
+    assert f"wrote {run}/analysis/gradients.csv, {run}/analysis/gradients.png" in capsys.readouterr().out
+    rows = read_csv(local / "analysis" / "gradients.csv")
+    assert len(rows) == 5 and {r["net"] for r in rows} == {"ResNet-8 at step 2"}
+    assert (local / "analysis" / "gradients.png").read_bytes()[:4] == b"\x89PNG"
+    (row,) = report.report("gs://b/sweep")
+    assert (row["point"], row["done"], row["steps"]) == ("resnet8", 1, 2)
+    assert (gs_bucket / "b" / "sweep" / "results.md").exists()
 
 
 @pytest.mark.parametrize("depth, count", [(18, 16), (50, 16)])
