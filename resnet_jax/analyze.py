@@ -19,17 +19,16 @@ with respect to all parameters of each block (the stem and fc as their own rows)
 --batches training batches.
 
 Scanned models are unstacked (`models.convert_variables`) and analysed as the unscanned model, in
-float32, without remat. Files go to --out (default <first workdir>/analysis, or ./analysis).
+float32, without remat. Files go to --out (default <first workdir>/analysis, or ./analysis). Workdirs and
+--out may be local or object-store URLs (gs://): everything is read and written through etils.epath
+(checkpoints through orbax), and nothing in a workdir is changed.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
-import os
-import pathlib
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -38,6 +37,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
+
+from resnet_jax.report import pyplot, save_figure, write_csv
 
 USAGE_EXIT = 2
 COMMANDS = ("responses", "gradients")
@@ -77,11 +79,10 @@ def read_config(workdir: str) -> Any:
     """The resolved config a run wrote to <workdir>/config.json."""
     import ml_collections
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
         raise AnalysisError(f"{workdir} holds no config.json: give the workdir of a training run")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def restore(workdir: str, run: Any, step: int | None) -> Any:
@@ -90,8 +91,8 @@ def restore(workdir: str, run: Any, step: int | None) -> Any:
 
     from resnet_jax import train
 
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    directory = train.checkpoint_dir(workdir)
+    steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
     if not steps:
         raise AnalysisError(f"no checkpoints in {directory}; train the run first")
     mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
@@ -318,17 +319,8 @@ def gradients(net: Net, num_batches: int = 4) -> list[dict]:
 # Files: CSV, plots and the console table.
 
 
-def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def plot_responses(results: dict[str, list[dict]], key: str, path: pathlib.Path) -> None:
+def plot_responses(results: dict[str, list[dict]], key: str, path: epath.Path) -> None:
     """Figure 7: std against layer index (top), and sorted by magnitude (bottom), one line per net."""
-    from resnet_jax.report import pyplot
-
     plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7))
     for label, rows in results.items():
@@ -344,14 +336,11 @@ def plot_responses(results: dict[str, list[dict]], key: str, path: pathlib.Path)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
-def plot_gradients(results: dict[str, list[dict]], path: pathlib.Path) -> None:
+def plot_gradients(results: dict[str, list[dict]], path: epath.Path) -> None:
     """Per-block gradient norm against block index (0: stem, last: fc), log y, one line per net."""
-    from resnet_jax.report import pyplot
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, rows in results.items():
@@ -363,8 +352,7 @@ def plot_gradients(results: dict[str, list[dict]], path: pathlib.Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def table(results: dict[str, list[dict]], index: str, name: str, value: str) -> str:
@@ -428,7 +416,7 @@ def nets_from_args(args: argparse.Namespace) -> list[Net]:
 
     specs: list[tuple[Any, str | None]] = []
     for workdir in [w for w in args.workdir.split(",") if w]:
-        if not os.path.isdir(workdir):
+        if not epath.Path(workdir).is_dir():
             raise AnalysisError(f"no such run directory: {workdir}")
         specs.append((read_config(workdir), workdir))
     for spec in getattr(args, "config", []):
@@ -477,20 +465,21 @@ def set_dotted(cfg: Any, key: str, value: str) -> None:
         node[leaf] = value
 
 
-def output_dir(args: argparse.Namespace) -> pathlib.Path:
+def output_dir(args: argparse.Namespace) -> epath.Path:
+    """--out, else <first workdir>/analysis, else ./analysis; created."""
     first = next((w for w in args.workdir.split(",") if w), "")
-    out = pathlib.Path(args.out or (os.path.join(first, "analysis") if first else "analysis"))
+    out = epath.Path(args.out) if args.out else epath.Path(first or ".") / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def run_responses(args: argparse.Namespace, nets: list[Net]) -> list[pathlib.Path]:
+def run_responses(args: argparse.Namespace, nets: list[Net]) -> list[epath.Path]:
     results = {net.label: responses(net, args.max_examples) for net in nets}
     key = "std" if args.statistic == "channel" else "std_all"
     out = output_dir(args)
     rows = [dict(net=net.label, step=net.step, **row) for net in nets for row in results[net.label]]
     paths = [out / "responses.csv", out / "responses.png"]
-    write_csv(paths[0], rows)
+    write_csv(rows, paths[0])
     plot_responses(results, key, paths[1])
     examples = {r["examples"] for r in rows}
     print(
@@ -501,12 +490,12 @@ def run_responses(args: argparse.Namespace, nets: list[Net]) -> list[pathlib.Pat
     return paths
 
 
-def run_gradients(args: argparse.Namespace, nets: list[Net]) -> list[pathlib.Path]:
+def run_gradients(args: argparse.Namespace, nets: list[Net]) -> list[epath.Path]:
     results = {net.label: gradients(net, args.batches) for net in nets}
     out = output_dir(args)
     rows = [dict(net=net.label, step=net.step, **row) for net in nets for row in results[net.label]]
     paths = [out / "gradients.csv", out / "gradients.png"]
-    write_csv(paths[0], rows)
+    write_csv(rows, paths[0])
     plot_gradients(results, paths[1])
     what = "L2 norm of the loss gradient w.r.t. each block's parameters"
     print(f"{what}, mean over {args.batches} training batches")

@@ -2,6 +2,7 @@
 
     python -m resnet_jax.report runs/cifar_depth [--out=<dir>]
 
+The workdir and --out may be local or object-store URLs (gs://), read and written through etils.epath.
 Reads only files: each run directory's config.json, metrics.jsonl and summary.json (as the trainer
 writes them); runs still going are reported from their last logged metrics. Runs named
 <point>-seed<k> (as resnet_jax.sweep names them) are grouped into one row per point, mean ± std over
@@ -14,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
-import pathlib
 import re
 import statistics
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from etils import epath
 
 from resnet_jax import paper
 
@@ -38,7 +41,7 @@ class RunResult(NamedTuple):
     metrics: list[dict]
 
 
-def read_jsonl(path: pathlib.Path) -> list[dict]:
+def read_jsonl(path: epath.Path) -> list[dict]:
     """The JSON objects of a .jsonl file, skipping a torn last line of a run still writing."""
     rows = []
     for line in path.read_text().splitlines() if path.exists() else []:
@@ -49,15 +52,15 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
     return rows
 
 
-def read_json(path: pathlib.Path) -> dict:
+def read_json(path: epath.Path) -> dict:
     """A JSON object, or {} when the file is missing."""
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def read_runs(workdir: pathlib.Path) -> list[RunResult]:
+def read_runs(workdir: epath.PathLike) -> list[RunResult]:
     """Every run directory under `workdir` (one with config.json, metrics.jsonl or summary.json)."""
     runs = []
-    for d in sorted(p for p in workdir.iterdir() if p.is_dir()):
+    for d in sorted((p for p in epath.Path(workdir).iterdir() if p.is_dir()), key=lambda p: p.name):
         if not any((d / f).exists() for f in ("config.json", "metrics.jsonl", "summary.json")):
             continue
         m = SEED_SUFFIX.search(d.name)
@@ -182,7 +185,7 @@ def paper_cell(row: dict) -> str:
     return f"{text} ({row['paper_note']})" if row["paper_note"] else text
 
 
-def markdown(rows: list[dict], source: pathlib.Path) -> str:
+def markdown(rows: list[dict], source: epath.PathLike) -> str:
     """results.md: the table, how to read it, and the plots."""
     head = [
         "point",
@@ -239,12 +242,13 @@ def markdown(rows: list[dict], source: pathlib.Path) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], path: pathlib.Path) -> None:
-    """results.csv: one row per point, every column of the summary."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def write_csv(rows: list[dict], path: epath.Path) -> None:
+    """A CSV file with one row per dict (the first dict's keys as columns), written whole."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(text.getvalue())
 
 
 def pyplot() -> ModuleType:
@@ -257,7 +261,15 @@ def pyplot() -> ModuleType:
     return plt
 
 
-def plot_curves(points: dict[str, list[RunResult]], path: pathlib.Path) -> None:
+def save_figure(fig: Any, path: epath.Path, dpi: int = 100) -> None:
+    """Render `fig` as PNG in memory and write it whole (object stores take no partial writes)."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=dpi)
+    path.write_bytes(png.getvalue())
+    pyplot().close(fig)
+
+
+def plot_curves(points: dict[str, list[RunResult]], path: epath.Path) -> None:
     """Figure 6 style: per kind of net, train error dashed and test error solid against iterations."""
     plt = pyplot()
     panels: dict[str, list[RunResult]] = {}
@@ -284,11 +296,10 @@ def plot_curves(points: dict[str, list[RunResult]], path: pathlib.Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def plot_depth(rows: list[dict], path: pathlib.Path) -> None:
+def plot_depth(rows: list[dict], path: epath.Path) -> None:
     """Final test error (mean ± std over seeds) against depth, one line per kind; x marks the paper."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -316,13 +327,13 @@ def plot_depth(rows: list[dict], path: pathlib.Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def report(workdir: pathlib.Path, out: pathlib.Path | None = None) -> list[dict]:
+def report(workdir: epath.PathLike, out: epath.PathLike | None = None) -> list[dict]:
     """Write results.md, results.csv, curves.png, depth.png for the sweep in `workdir`; return the rows."""
-    out = out or workdir
+    workdir = epath.Path(workdir)
+    out = epath.Path(out or workdir)
     points = group(read_runs(workdir))
     if not points:
         raise FileNotFoundError(
@@ -340,13 +351,14 @@ def report(workdir: pathlib.Path, out: pathlib.Path | None = None) -> list[dict]
 def main(argv: Sequence[str] | None = None) -> int:
     """python -m resnet_jax.report <sweep workdir> [--out=<dir>]."""
     p = argparse.ArgumentParser(prog="python -m resnet_jax.report", description=__doc__.split("\n")[0])
-    p.add_argument("workdir", type=pathlib.Path)
-    p.add_argument("--out", type=pathlib.Path, default=None, help="output directory (default: the workdir)")
+    p.add_argument("workdir", help="the sweep workdir, local or a URL such as gs://bucket/sweep")
+    p.add_argument("--out", default=None, help="output directory, local or a URL (default: the workdir)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     rows = report(args.workdir, args.out)
     done = sum(r["done"] for r in rows)
     runs = sum(r["runs"] for r in rows)
-    print(f"{len(rows)} points, {done}/{runs} runs finished: {(args.out or args.workdir) / 'results.md'}")
+    results = epath.Path(args.out or args.workdir) / "results.md"
+    print(f"{len(rows)} points, {done}/{runs} runs finished: {results}")
     return 0
 
 

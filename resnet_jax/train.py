@@ -437,6 +437,11 @@ def evaluate(state: TrainState, inputs: Inputs, step_fn, mesh: Mesh) -> dict:
 # Checkpoints: orbax, asynchronous, the latest `keep` plus the best by eval error.
 
 
+def checkpoint_dir(workdir: str) -> epath.Path:
+    """<workdir>/checkpoints: absolute for a local workdir (orbax needs that), a URL kept as it is."""
+    return epath.Path(workdir if is_remote(workdir) else os.path.abspath(workdir)) / "checkpoints"
+
+
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     pp = ocp.checkpoint_managers
     policy = pp.AnyPreservationPolicy(
@@ -450,8 +455,7 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=True, cleanup_tmp_directories=True
     )
-    root = epath.Path(workdir if is_remote(workdir) else os.path.abspath(workdir))
-    return ocp.CheckpointManager(root / "checkpoints", options=options)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
 def save_checkpoint(
@@ -514,7 +518,13 @@ def set_aside(mngr: ocp.CheckpointManager, damaged: list[int]) -> None:
 
 
 class Preemption:
-    """SIGTERM/SIGINT: finish the step, checkpoint, exit 0. A second SIGINT exits at once."""
+    """SIGTERM/SIGINT: finish the step, checkpoint, exit 0. A second SIGINT exits at once.
+
+    The first signal puts SIGINT back to the system default, so a second Ctrl-C kills the process
+    at once (shell status 130), even while the main thread waits in XLA or on a checkpoint write; a
+    KeyboardInterrupt would wait for those, then spill tracebacks from orbax's threads. It loses no
+    more than a kill -9: the last complete checkpoint stays as it was.
+    """
 
     def __init__(self) -> None:
         self.requested = False
@@ -536,9 +546,13 @@ class Preemption:
 
         return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
 
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+    def _handle(self, signum: int, frame: object) -> None:
+        if signal.SIGINT in self._previous:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if not self.requested and jax.process_index() == 0:
+            name = signal.Signals(signum).name
+            line = f"[{time.strftime('%H:%M:%S')}] {name}: finishing this step, then a checkpoint; "
+            os.write(2, f"{line}Ctrl-C again aborts at once\n".encode())  # print() is not reentrant
         self.requested = True
 
     def __exit__(self, *exc) -> None:

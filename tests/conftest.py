@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+from collections.abc import Iterator
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -27,3 +28,45 @@ def cifar_tar() -> pathlib.Path:
     """The shared CIFAR-10 JPEG archive that lies beside every checkout."""
     assert CIFAR_TAR.exists(), f"{CIFAR_TAR} is missing: it lies in ../shared/datasets beside the checkout"
     return CIFAR_TAR
+
+
+@pytest.fixture
+def gs_bucket(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pathlib.Path]:
+    """gs:// served from a local directory: gs://b/x is <returned dir>/b/x.
+
+    No GCS is reachable here, so three pieces are stood in for: the store behind etils.epath (an fsspec
+    filesystem registered for gs://, used once epath is kept from TensorFlow's gfile), tensorstore's
+    GCS driver under orbax (its kvstore spec points at the file driver on the same directory) and orbax's
+    query of the bucket's namespace type. Everything above them runs as it would on GCS: the URL goes
+    through epath and orbax's GCS code paths (commit-file checkpoints, no renames), while code that used
+    pathlib, open() or os.path on the URL would look for a local directory named "gs:" and fail.
+    """
+    from etils import epath
+    from fsspec.implementations.dirfs import DirFileSystem
+    from fsspec.implementations.local import LocalFileSystem
+    from fsspec.registry import _registry
+    from orbax.checkpoint._src.path import gcs_utils
+
+    root = tmp_path / "gcs"
+    root.mkdir()
+
+    class LocalBucket(DirFileSystem):
+        protocol = ("gs", "gcs")
+        cachable = False
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(path=str(root), fs=LocalFileSystem())
+
+    def file_kvstore(path: str) -> dict:
+        bucket, key = gcs_utils.parse_gcs_path(path, add_trailing_slash=False)
+        return {"driver": "file", "path": str(root / bucket / key)}
+
+    for protocol in LocalBucket.protocol:
+        monkeypatch.setitem(_registry, protocol, LocalBucket)
+    monkeypatch.setattr(epath.gpath, "_is_tf_installed", lambda: False)  # (EPATH_USE_TF=0, but cached)
+    monkeypatch.setattr(gcs_utils, "get_kvstore_for_gcs", file_kvstore)
+    monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
+    filesystems = type(epath.backend.fsspec_backend)._get_filesystem  # epath caches one per protocol
+    filesystems.cache_clear()
+    yield root
+    filesystems.cache_clear()

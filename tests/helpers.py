@@ -60,3 +60,10 @@ def checkpoint_steps(workdir) -> list[int]:
     """The steps of the complete checkpoints in `workdir` (set-aside or temporary ones excluded)."""
     d = pathlib.Path(workdir, "checkpoints")
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def damage_checkpoint(workdir, step: int) -> None:
+    """Truncate every file of checkpoint `step`'s state to half its size, as a torn copy would."""
+    for f in pathlib.Path(workdir, "checkpoints", str(step), "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])

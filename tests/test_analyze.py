@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, tiny_config
+from helpers import ROOT, checkpoint_steps, damage_checkpoint, tiny_config
 
-from resnet_jax import analyze, models, train
+from resnet_jax import analyze, models, report, train
 
 pytestmark = pytest.mark.needs_trainer
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
@@ -141,6 +141,39 @@ def test_bad_input_is_one_sentence_and_exit_2(runs, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, (argv, err)
     assert json.loads((empty / "config.json").read_text())["model"]["shortcut"] == "none"
+
+
+def test_a_damaged_latest_checkpoint_is_read_around_and_left_in_place(tmp_path, capsys):
+    """analyze falls back to the previous checkpoint but renames nothing: only a resuming run sets
+    damaged checkpoints aside."""
+    workdir = tmp_path / "run"
+    cfg = tiny_config(num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=4)
+    train.train_and_evaluate(cfg, str(workdir))
+    damage_checkpoint(workdir, 4)
+    before = sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*"))
+    argv = ["gradients", f"--workdir={workdir}", "--batches=1", f"--out={tmp_path / 'out'}"]
+    assert analyze.main(argv) == 0
+    assert f"checkpoint {workdir / 'checkpoints' / '4'} is unreadable" in capsys.readouterr().out
+    assert {r["net"] for r in read_csv(tmp_path / "out" / "gradients.csv")} == {"ResNet-8 at step 2"}
+    assert checkpoint_steps(workdir) == [2, 4]
+    assert sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*")) == before
+
+
+def test_a_run_in_a_gs_bucket_is_analysed_and_reported_there(gs_bucket, capsys):
+    """The trainer writes to gs:// (conftest.gs_bucket: orbax's GCS paths, a local store), analyze and
+    report read the run there and write their files beside it."""
+    run = "gs://b/sweep/resnet8-seed0"
+    train.train_and_evaluate(tiny_config(num_train_steps=2, eval_every_steps=2), run)
+    local = gs_bucket / "b" / "sweep" / "resnet8-seed0"
+    assert (local / "checkpoints" / "2" / "commit_success.txt").exists()  # a GCS checkpoint, not renamed
+    assert analyze.main(["gradients", f"--workdir={run}", "--batches=1"]) == 0
+    assert f"wrote {run}/analysis/gradients.csv, {run}/analysis/gradients.png" in capsys.readouterr().out
+    rows = read_csv(local / "analysis" / "gradients.csv")
+    assert len(rows) == 5 and {r["net"] for r in rows} == {"ResNet-8 at step 2"}
+    assert (local / "analysis" / "gradients.png").read_bytes()[:4] == b"\x89PNG"
+    (row,) = report.report("gs://b/sweep")
+    assert (row["point"], row["done"], row["steps"]) == ("resnet8", 1, 2)
+    assert (gs_bucket / "b" / "sweep" / "results.md").exists()
 
 
 @pytest.mark.parametrize("depth, count", [(18, 16), (50, 16)])

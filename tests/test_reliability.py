@@ -13,7 +13,15 @@ import time
 
 import jax
 import pytest
-from helpers import ROOT, assert_trees_equal, checkpoint_steps, read_metrics, restore_state, tiny_config
+from helpers import (
+    ROOT,
+    assert_trees_equal,
+    checkpoint_steps,
+    damage_checkpoint,
+    read_metrics,
+    restore_state,
+    tiny_config,
+)
 
 from resnet_jax import train
 
@@ -108,12 +116,43 @@ def test_sigterm_checkpoints_exits_0_and_resumes(straight, tmp_path):
     assert_same_run(straight, tmp_path)
 
 
+def test_a_second_sigint_aborts_at_once_and_the_run_still_resumes(straight, tmp_path):
+    """Ctrl-C twice: the second kills the process at once, without the stopping checkpoint.
+
+    The second signal is sent only once the trainer has said it got the first (two signals that
+    arrive before Python runs the handler count as one), and before it stops by itself.
+    """
+    for _ in range(3):
+        proc = start(tmp_path)
+        deadline = time.time() + 300
+        while not checkpoint_steps(tmp_path) and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out = ""
+        for line in proc.stdout:
+            out += line
+            if "SIGINT: finishing this step, then a checkpoint; Ctrl-C again aborts at once" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        sent = time.time()
+        rest, _ = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            break
+        shutil.rmtree(tmp_path)  # it stopped (or finished) before the second signal: start over
+        tmp_path.mkdir()
+    assert proc.returncode == -signal.SIGINT, (out + rest)[-3000:]
+    assert time.time() - sent < 10, "the second SIGINT did not end the process at once"
+    assert "Traceback" not in out + rest
+    complete = max(checkpoint_steps(tmp_path))
+    resumed = finish(tmp_path)
+    assert f"resuming from step {complete}" in resumed
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if not p.name.isdigit()]  # tmp cleaned
+    assert_same_run(straight, tmp_path)
+
+
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(straight, tmp_path):
     train.train_and_evaluate(tiny_config(**{**OVERRIDES, "num_train_steps": 8}), str(tmp_path))
-    latest = tmp_path / "checkpoints" / "8" / "state"
-    for f in latest.rglob("*"):
-        if f.is_file() and f.stat().st_size > 0:
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncate every file
+    damage_checkpoint(tmp_path, 8)
     out = finish(tmp_path)
     assert f"checkpoint {tmp_path / 'checkpoints' / '8'} is unreadable" in out
     assert "resuming from step 6" in out

@@ -96,3 +96,18 @@ def test_report_imagenet_shows_top5_and_cli(tmp_path, capsys):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| resnet34-C | imagenet2012 resnet34-C | 24.19 / 7.40 | 24.00 |" in md
     assert "| plain34 | imagenet2012 plain34 | 28.54 / 10.02 | 28.00 |" in md
+
+
+def test_report_reads_and_writes_gs_urls(gs_bucket, capsys):
+    """A sweep in a gs:// bucket (the local stand-in of conftest.gs_bucket), reported to another gs:// URL."""
+    sweep = gs_bucket / "b" / "sweep"
+    fabricate_run(sweep / "resnet20-seed0", "configs/cifar10.py:resnet20", 9.0)
+    fabricate_run(sweep / "resnet56-seed0", "configs/cifar10.py:resnet56", 7.0, done=False)
+    assert report.main(["gs://b/sweep", "--out=gs://b/report"]) == 0
+    assert "2 points, 1/2 runs finished: gs://b/report/results.md" in capsys.readouterr().out
+    out = gs_bucket / "b" / "report"
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "depth.png", "results.csv", "results.md"]
+    md = (out / "results.md").read_text()
+    assert md.startswith("# Results of gs://b/sweep\n")
+    assert "| resnet56 | cifar10 resnet56-A | 6.97 | 7.00 |" in md
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
