@@ -31,8 +31,11 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import NamedTuple
+
+from etils import epath
 
 from resnet_jax import experiments
 
@@ -102,8 +105,8 @@ def run_dir(workdir: str, run: Run) -> str:
 
 def is_done(run_workdir: str) -> bool:
     """True when the trainer finished this run (summary.json with "done": true)."""
-    summary = pathlib.Path(run_workdir) / "summary.json"
-    if "://" in run_workdir or not summary.exists():
+    summary = epath.Path(run_workdir) / "summary.json"  # local or an object store (gs://)
+    if not summary.exists():
         return False
     try:
         return bool(json.loads(summary.read_text()).get("done"))
@@ -130,13 +133,25 @@ def visible_gpus() -> list[str]:
 
 
 def run_one(cmd: list[str], run_workdir: str, env: dict[str, str]) -> int:
-    """Run one training command, appending its output to <run workdir>/train.log."""
-    pathlib.Path(run_workdir).mkdir(parents=True, exist_ok=True)
+    """Run one training command, appending its output to <run workdir>/train.log.
+
+    In an object store (gs://), which cannot append, the log is written locally and appended to the
+    stored one when the run ends.
+    """
+    remote = "://" in run_workdir
     print(f"[sweep] start {run_workdir}  (log: train.log)", flush=True)
-    with open(pathlib.Path(run_workdir) / "train.log", "a") as log:
-        rc = subprocess.run(
-            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, check=False
-        ).returncode
+    with tempfile.TemporaryDirectory() as tmp:
+        local = pathlib.Path(tmp if remote else run_workdir) / "train.log"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with open(local, "a") as log:
+            rc = subprocess.run(
+                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, check=False
+            ).returncode
+        if remote:
+            stored = epath.Path(run_workdir) / "train.log"
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            before = stored.read_text() if stored.exists() else ""
+            stored.write_text(before + local.read_text())
     print(f"[sweep] {'done' if rc == 0 else f'FAILED (exit {rc})'} {run_workdir}", flush=True)
     return rc
 

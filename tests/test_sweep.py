@@ -121,6 +121,30 @@ def test_local_mode_runs_skips_and_reports_failures(tmp_path):
     assert (work / "plain20-seed0" / "train.log").read_text().count("training") == 2, "a failed run reruns"
 
 
+def test_a_gs_sweep_skips_finished_runs_and_stores_logs_in_the_bucket(tmp_path, gs_bucket, monkeypatch):
+    """gs:// sweep workdirs: finished runs are found through epath and train.log lands in the bucket."""
+    trainer = tmp_path / "fake_trainer.py"  # the trainer's own gs:// support is tested in test_reliability
+    trainer.write_text(
+        "import os, sys\n"
+        "url = next(a for a in sys.argv if a.startswith('--workdir=')).split('=', 1)[1]\n"
+        "path = os.path.join(os.environ['FAKE_GCS_ROOT'], url.removeprefix('gs://'))\n"
+        "os.makedirs(path, exist_ok=True)\n"
+        "open(os.path.join(path, 'summary.json'), 'w').write('{\"done\": true}')\n"
+        "print('training', url)\n"
+    )
+    runs = sweep.expand(sweep.load_sweep("configs/sweeps/cifar_depth.py"), only=["resnet20", "resnet32"])
+    finished = gs_bucket / "b" / "sweep" / "resnet20-seed0"
+    finished.mkdir(parents=True)
+    (finished / "summary.json").write_text(json.dumps({"done": True}))
+    monkeypatch.setenv("FAKE_GCS_ROOT", str(gs_bucket))
+    failed = sweep.run_local(runs, "gs://b/sweep", {}, trainer=(sys.executable, str(trainer)))
+    assert failed == []
+    assert not (finished / "train.log").exists(), "a finished run must be skipped"
+    log = gs_bucket / "b" / "sweep" / "resnet32-seed0" / "train.log"
+    assert log.read_text() == "training gs://b/sweep/resnet32-seed0\n"
+    assert not (ROOT / "gs:").exists() and not pathlib.Path("gs:").exists()
+
+
 def test_local_mode_spreads_runs_over_gpus(tmp_path):
     trainer = tmp_path / "fake_trainer.py"
     trainer.write_text(FAKE_TRAINER)
