@@ -39,8 +39,9 @@ How to read the output (all "per step" figures divide by the steps captured):
 - Categories, from the compiled HLO (an op that is or fuses a convolution or matrix product) and
   else the op and kernel names: convolution (convolutions, cuDNN custom calls and matrix
   products), collective (all-reduce & co.), copy/transpose (copies, transposes, memcpy,
-  memset), reduce (reduction fusions), fusion (other fusions: elementwise, batch norm, optimizer),
-  other. "share" is of the summed op time, which can exceed the busy time when ops overlap.
+  memset), reduce (reduction fusions), fusion (other fusions: elementwise, batch norm, optimizer;
+  XLA:CPU's single-op "wrapped_*" too), other. "share" is of the summed op time, which can exceed
+  the busy time when ops overlap.
 - The op table: the top --top ops by summed time, with events per step, mean µs per event and the
   kernel that took most of each op's time (a cuDNN conv can launch a few kernels).
 """
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import glob
 import json
 import os
@@ -75,7 +77,7 @@ _RULES = (
     ("convolution", re.compile(r"conv(?!ert)|cudnn|xmma|fprop|dgrad|wgrad|gemm|cublas|\bdot\b|dot\.")),
     ("copy/transpose", re.compile(r"copy|transpose|memcpy|memset")),
     ("reduce", re.compile(r"reduce|reduction")),
-    ("fusion", re.compile(r"fusion")),
+    ("fusion", re.compile(r"fusion|\bwrapped_")),  # XLA:CPU wraps single elementwise ops as "wrapped_*"
 )
 _CONTROL = {"while", "conditional", "call"}
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$", re.M)
@@ -161,11 +163,13 @@ def _event(e: Any, op: str | None = None) -> OpEvent:
     )
 
 
-def device_events(profile: ProfileData, device: int = 0) -> tuple[list[OpEvent], str]:
+def device_events(profile: ProfileData, device: int = 0, host_ops: bool = True) -> tuple[list[OpEvent], str]:
     """The op events of device `device` and a line saying where they were found.
 
     A device plane ("/device:GPU:0", ...) wins: its "Stream #" lines, else its "XLA Ops" line. Without
-    any device plane (XLA:CPU), the host threads' events with an "hlo_op" stat for that device.
+    any device plane, and if `host_ops` (XLA:CPU), the host threads' events with an "hlo_op" stat for
+    that device. A GPU run without a device plane gets no host fallback: the host's "hlo_op" events
+    there are launches, not device time.
     """
     planes = list(profile.planes)
     device_planes = [p for p in planes if _DEVICE_PLANE.match(p.name)]
@@ -181,6 +185,11 @@ def device_events(profile: ProfileData, device: int = 0) -> tuple[list[OpEvent],
         else:
             events = [_event(e, e.name) for line in lines if line.name == "XLA Ops" for e in line.events]
             where = f"plane {plane.name}, line 'XLA Ops'"
+    elif not host_ops:
+        raise NoDeviceOps(
+            "no device plane: the device tracer (CUPTI on GPUs) recorded nothing; look for CUPTI errors "
+            f"in the log above (e.g. CUPTI_ERROR_INSUFFICIENT_PRIVILEGES)\n{describe(profile)}"
+        )
     else:
         events, threads = [], set()
         for plane in (p for p in planes if p.name.startswith("/host:")):
@@ -231,9 +240,10 @@ def summarize(
     top: int = 25,
     group_by: str = "op",
     convs: frozenset[str] = frozenset(),
+    platform: str | None = None,
 ) -> dict:
     """Per-step device time, busy fraction, kernels, categories and the top ops of a captured trace."""
-    events, where = device_events(profile, device)
+    events, where = device_events(profile, device, host_ops=platform in (None, "cpu"))
     modules = collections.Counter()
     for e in events:
         modules[e.module] += e.end_ns - e.start_ns
@@ -336,7 +346,8 @@ def capture(args: argparse.Namespace) -> dict:
 
     state, plain_s = loop(state)
     options = jax.profiler.ProfileOptions()
-    options.python_tracer_level = 0  # python frames are not wanted and slow the host down
+    with contextlib.suppress(AttributeError):  # python frames are not wanted and slow the host down
+        options.python_tracer_level = 0
     jax.profiler.start_trace(args.trace_dir, profiler_options=options)
     try:
         state, traced_s = loop(state)
@@ -453,7 +464,14 @@ def main(argv: list[str] | None = None) -> dict:
     profile = jax.profiler.ProfileData.from_file(xplane)
     try:
         result["profile"] = summarize(
-            profile, result["steps"], result.get("module"), args.device, args.top, args.group_by, convs
+            profile,
+            result["steps"],
+            result.get("module"),
+            args.device,
+            args.top,
+            args.group_by,
+            convs,
+            result.get("platform"),
         )
     except NoDeviceOps as e:
         result["error"] = str(e)

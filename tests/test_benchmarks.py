@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 
+import jax
 import pytest
 from conftest import ROOT
 
@@ -86,8 +87,6 @@ def test_profile_step_finds_the_ops_of_the_step_on_cpu(tmp_path):
 
 def gpu_like_trace(events: list[tuple], lines: tuple[str, ...]):
     """An XSpace shaped like a CUPTI trace from (line, kernel, hlo_op, hlo_module, start_us, duration_us)."""
-    import jax
-
     names = sorted({e[1] for e in events} | {"PjitFunction(train_step)"})
     ids = {n: i for i, n in enumerate(names, 1)}
     meta = "".join(f'event_metadata {{ key: {i} value {{ id: {i} name: "{n}" }} }}' for n, i in ids.items())
@@ -158,6 +157,16 @@ def test_profile_step_lists_the_trace_when_it_finds_no_device_ops():
     trace = gpu_like_trace([("CUPTI overhead", "overhead", None, None, 0, 1)], lines=("CUPTI overhead",))
     with pytest.raises(bench.NoDeviceOps, match=r"(?s)plane '/device:GPU:0'.*line 'CUPTI overhead'"):
         bench.summarize(trace, steps=1, module=None)
+    host_only = jax.profiler.ProfileData.from_text_proto(
+        'planes { id: 2 name: "/host:CPU" lines { id: 1 name: "t" events { metadata_id: 1 duration_ps: 9 '
+        'stats { metadata_id: 1 str_value: "fusion.1" } } } '
+        'event_metadata { key: 1 value { id: 1 name: "Thunk" } } '
+        'stat_metadata { key: 1 value { id: 1 name: "hlo_op" } } }'
+    )
+    host = bench.summarize(host_only, steps=1, module=None)  # XLA:CPU: the host's op events are the ops
+    assert host["kernels_per_step"] == 1
+    with pytest.raises(bench.NoDeviceOps, match="no device plane"):  # a GPU's host launches do not
+        bench.summarize(host_only, steps=1, module=None, platform="gpu")
 
 
 def test_conv_ops_follows_fusions_not_loops():
@@ -189,6 +198,7 @@ ENTRY %main (a: f32[8]) -> f32[8] {
         ("input_reduce_fusion.2", ""): "reduce",
         ("convert_fusion.1", ""): "fusion",  # "convert" is no convolution
         ("fusion.3", "cutlass_80_tensorop_gemm"): "convolution",  # by its kernel
-        ("wrapped_broadcast", ""): "other",
+        ("wrapped_broadcast", ""): "fusion",  # XLA:CPU's single elementwise ops
+        ("sort.1", ""): "other",
     }
     assert {key: bench.category(*key) for key in names} == names
