@@ -19,6 +19,7 @@ Reading the trace: `jax.profiler.ProfileData` (jaxlib's XSpace reader; no Tensor
 - CPU: no device plane; XLA:CPU records each executed HLO op (thunk) on the host threads of
   "/host:CPU" with "hlo_op", "hlo_module" and "device_ordinal" stats. Control-flow ops (while,
   conditional, call) wrap the ops of their bodies and are left out, so nothing counts twice.
+  Asynchronous thunks (Eigen convolutions) count until their "end: <op>" completion event.
 Only the events of the step's HLO module (or without a module) on device `--device` count.
 When no device ops are found, the planes and lines of the trace are listed and nothing is lost: the
 trace stays in --trace_dir for --from_trace.
@@ -151,7 +152,7 @@ def describe(profile: ProfileData) -> str:
     return "\n".join(out)
 
 
-def _event(e: Any, op: str | None = None) -> OpEvent:
+def _event(e: Any, op: str | None = None, end_ns: float = 0.0) -> OpEvent:
     stats = dict(e.stats)
     module = stats.get("hlo_module")
     return OpEvent(
@@ -159,8 +160,36 @@ def _event(e: Any, op: str | None = None) -> OpEvent:
         kernel=e.name,
         module=str(module) if module is not None else None,
         start_ns=e.start_ns,
-        end_ns=e.start_ns + e.duration_ns,
+        end_ns=max(e.start_ns + e.duration_ns, end_ns),
     )
+
+
+def _host_events(planes: list, device: int) -> tuple[list[OpEvent], int]:
+    """XLA:CPU's op events of one device on the host threads, and the number of threads they ran on.
+
+    Some thunks (Eigen convolutions) run asynchronously: their event ends when they are launched and
+    an "end: <op>" event, linked by the flow stats "_p" (op) and "_c" (end), marks their completion.
+    """
+    lines = [line for p in planes if p.name.startswith("/host:") for line in p.lines]
+    done = {}
+    for line in lines:
+        for e in line.events:
+            if e.name.startswith("end: "):
+                flow = dict(e.stats).get("_c")
+                if flow is not None:
+                    done[flow] = e.start_ns + e.duration_ns
+    events, threads = [], set()
+    for line in lines:
+        for e in line.events:
+            stats = dict(e.stats)
+            op = stats.get("hlo_op")
+            if op is None or int(stats.get("device_ordinal", device)) != device:
+                continue
+            if str(op).split(".")[0] in _CONTROL:
+                continue
+            events.append(_event(e, end_ns=done.get(stats.get("_p"), 0.0)))
+            threads.add(line.name)
+    return events, len(threads)
 
 
 def device_events(profile: ProfileData, device: int = 0, host_ops: bool = True) -> tuple[list[OpEvent], str]:
@@ -191,19 +220,8 @@ def device_events(profile: ProfileData, device: int = 0, host_ops: bool = True) 
             f"in the log above (e.g. CUPTI_ERROR_INSUFFICIENT_PRIVILEGES)\n{describe(profile)}"
         )
     else:
-        events, threads = [], set()
-        for plane in (p for p in planes if p.name.startswith("/host:")):
-            for line in plane.lines:
-                for e in line.events:
-                    stats = dict(e.stats)
-                    op = stats.get("hlo_op")
-                    if op is None or int(stats.get("device_ordinal", device)) != device:
-                        continue
-                    if str(op).split(".")[0] in _CONTROL:
-                        continue
-                    events.append(_event(e))
-                    threads.add(line.name)
-        where = f"host threads, {len(threads)} of them, device_ordinal {device}"
+        events, threads = _host_events(planes, device)
+        where = f"host threads, {threads} of them, device_ordinal {device}"
     if not events:
         raise NoDeviceOps(f"no op events found ({where})\n{describe(profile)}")
     return events, where

@@ -157,14 +157,25 @@ def test_profile_step_lists_the_trace_when_it_finds_no_device_ops():
     trace = gpu_like_trace([("CUPTI overhead", "overhead", None, None, 0, 1)], lines=("CUPTI overhead",))
     with pytest.raises(bench.NoDeviceOps, match=r"(?s)plane '/device:GPU:0'.*line 'CUPTI overhead'"):
         bench.summarize(trace, steps=1, module=None)
+
+
+def test_profile_step_reads_xla_cpu_ops_from_the_host_threads():
+    """XLA:CPU: the host's op events are the ops; an asynchronous one lasts until its "end: <op>" event."""
+    bench = load_benchmark("profile_step")
     host_only = jax.profiler.ProfileData.from_text_proto(
-        'planes { id: 2 name: "/host:CPU" lines { id: 1 name: "t" events { metadata_id: 1 duration_ps: 9 '
-        'stats { metadata_id: 1 str_value: "fusion.1" } } } '
-        'event_metadata { key: 1 value { id: 1 name: "Thunk" } } '
-        'stat_metadata { key: 1 value { id: 1 name: "hlo_op" } } }'
+        'planes { id: 2 name: "/host:CPU" '
+        'lines { id: 1 name: "t1" events { metadata_id: 1 duration_ps: 1000000 '
+        '  stats { metadata_id: 1 str_value: "conv.1" } stats { metadata_id: 2 uint64_value: 7 } } } '
+        'lines { id: 2 name: "t2" events { metadata_id: 2 offset_ps: 9000000 duration_ps: 1000000 '
+        "stats { metadata_id: 3 uint64_value: 7 } } } "
+        'event_metadata { key: 1 value { id: 1 name: "conv.1" } } '
+        'event_metadata { key: 2 value { id: 2 name: "end: conv.1" } } '
+        'stat_metadata { key: 1 value { id: 1 name: "hlo_op" } } '
+        'stat_metadata { key: 2 value { id: 2 name: "_p" } } '
+        'stat_metadata { key: 3 value { id: 3 name: "_c" } } }'
     )
-    host = bench.summarize(host_only, steps=1, module=None)  # XLA:CPU: the host's op events are the ops
-    assert host["kernels_per_step"] == 1
+    host = bench.summarize(host_only, steps=1, module=None)
+    assert host["kernels_per_step"] == 1 and host["op_ms_per_step"] == 0.01
     with pytest.raises(bench.NoDeviceOps, match="no device plane"):  # a GPU's host launches do not
         bench.summarize(host_only, steps=1, module=None, platform="gpu")
 
