@@ -41,10 +41,14 @@ How to read the output (all "per step" figures divide by the steps captured):
   else the op and kernel names: convolution (convolutions, cuDNN custom calls and matrix
   products), collective (all-reduce & co.), copy/transpose (copies, transposes, memcpy,
   memset), reduce (reduction fusions), fusion (other fusions: elementwise, batch norm, optimizer;
-  XLA:CPU's single-op "wrapped_*" too), other. "share" is of the summed op time, which can exceed
-  the busy time when ops overlap.
-- The op table: the top --top ops by summed time, with events per step, mean µs per event and the
-  kernel that took most of each op's time (a cuDNN conv can launch a few kernels).
+  XLA:CPU's single-op "wrapped_*" too), other.
+- "ms/step" and "share" of an op or category: its part of the busy time. Time in which several ops
+  overlap (several GPU streams, XLA:CPU's threads) is split evenly among them, so ops and categories
+  add up to the busy time; "concurrency" is the ops' summed durations over the busy time (1.0 on one
+  stream). On XLA:CPU an asynchronous op's interval includes time queued behind other ops.
+- The op table: the top --top ops by time, with events per step, the mean duration of one event
+  (µs, its own start to end) and the kernel that took most of the op's time (a cuDNN convolution
+  can launch a few kernels).
 """
 
 from __future__ import annotations
@@ -237,6 +241,28 @@ def busy_ns(events: list[OpEvent]) -> float:
     return total
 
 
+def attributed_ns(events: list[OpEvent]) -> list[float]:
+    """Each event's part of the busy time: time that several events overlap is split evenly among them.
+
+    The parts sum to `busy_ns(events)`, so op and category times add up to the device's busy time even
+    where ops run concurrently (XLA:CPU's threads, several GPU streams).
+    """
+    points = sorted(
+        [(e.start_ns, 0, i) for i, e in enumerate(events)] + [(e.end_ns, 1, i) for i, e in enumerate(events)]
+    )
+    parts, active, last = [0.0] * len(events), set(), 0.0
+    for t, is_end, i in points:  # at equal times starts come first: an empty event never stays active
+        if active and t > last:
+            for j in active:
+                parts[j] += (t - last) / len(active)
+        last = t
+        if is_end:
+            active.discard(i)
+        else:
+            active.add(i)
+    return parts
+
+
 def host_dispatch_ns(profile: ProfileData, calls: int) -> float | None:
     """Host time inside the jitted calls ("PjitFunction(...)" events, nested ones merged) per call."""
     spans = [
@@ -271,13 +297,15 @@ def summarize(
     if module:
         events = [e for e in events if e.module in (module, None)]
     ops: dict[str, dict] = {}
-    for e in events:
+    for e, part in zip(events, attributed_ns(events), strict=True):
         key = e.kernel if group_by == "kernel" else e.op
-        o = ops.setdefault(key, {"ns": 0.0, "n": 0, "kernels": collections.Counter()})
-        o["ns"] += e.end_ns - e.start_ns
+        o = ops.setdefault(key, {"ns": 0.0, "wall_ns": 0.0, "n": 0, "kernels": collections.Counter()})
+        o["ns"] += part
+        o["wall_ns"] += e.end_ns - e.start_ns
         o["n"] += 1
-        o["kernels"][e.kernel] += e.end_ns - e.start_ns
+        o["kernels"][e.kernel] += part
     total_ns = sum(o["ns"] for o in ops.values())
+    wall_ns = sum(o["wall_ns"] for o in ops.values())
     span_ns = max(e.end_ns for e in events) - min(e.start_ns for e in events)
     busy = busy_ns(events)
     rows = []
@@ -288,7 +316,7 @@ def summarize(
                 "op": name,
                 "category": category(name, kernel, convs),
                 "count_per_step": o["n"] / steps,
-                "mean_us": o["ns"] / o["n"] / 1e3,
+                "mean_us": o["wall_ns"] / o["n"] / 1e3,
                 "ms_per_step": o["ns"] / steps / 1e6,
                 "share": o["ns"] / total_ns if total_ns else 0.0,
                 "kernel": kernel,
@@ -311,6 +339,7 @@ def summarize(
         "kernels_per_step": len(events) / steps,
         "distinct_ops": len(rows),
         "op_ms_per_step": total_ns / steps / 1e6,
+        "concurrency": wall_ns / busy if busy else 1.0,
         "device_ms_per_step": busy / steps / 1e6,
         "span_ms_per_step": span_ns / steps / 1e6,
         "idle_ms_per_step": (span_ns - busy) / steps / 1e6,
@@ -412,7 +441,8 @@ def table(r: dict) -> str:
     lines.append(
         f"device: {p['device_ms_per_step']:.3f} ms busy per step in a {p['span_ms_per_step']:.3f} ms span "
         f"({p['busy_fraction']:.1%} busy, {p['idle_ms_per_step']:.3f} ms idle per step); "
-        f"{p['kernels_per_step']:.1f} kernels/step, {p['distinct_ops']} distinct ops"
+        f"{p['kernels_per_step']:.1f} kernels/step, {p['distinct_ops']} distinct ops, "
+        f"concurrency {p['concurrency']:.2f}"
         + (f"; host dispatch {disp:.3f} ms per call" if disp is not None else "")
     )
     if p["other_modules_ms_per_step"]:

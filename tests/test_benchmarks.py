@@ -76,10 +76,11 @@ def test_profile_step_finds_the_ops_of_the_step_on_cpu(tmp_path):
     assert len(p["ops"]) == 25 and all(o["ms_per_step"] > 0 and o["count_per_step"] > 0 for o in p["ops"])
     cats = {c["category"]: c for c in p["categories"]}
     assert math.isclose(sum(c["ms_per_step"] for c in cats.values()), p["op_ms_per_step"])
+    assert math.isclose(sum(c["share"] for c in cats.values()), 1)
     assert math.isclose(sum(c["count_per_step"] for c in cats.values()), p["kernels_per_step"])
     assert cats["convolution"]["count_per_step"] >= 14  # 7 convolutions forward, and their gradients
     assert 0 < p["device_ms_per_step"] <= p["span_ms_per_step"] and 0 < p["busy_fraction"] <= 1
-    assert p["device_ms_per_step"] <= p["op_ms_per_step"] * (1 + 1e-9)
+    assert math.isclose(p["device_ms_per_step"], p["op_ms_per_step"]) and p["concurrency"] >= 1 - 1e-9
     # The saved trace reads again without running anything, to the same figures.
     again = bench.main(["--from_trace", str(tmp_path / "trace")])
     assert again["profile"] == p
@@ -132,18 +133,21 @@ def test_profile_step_reads_a_gpu_trace():
         and p["distinct_ops"] == 5
         and p["other_modules_ms_per_step"] == {"jit_other": 0.025}
     )
-    assert math.isclose(p["op_ms_per_step"], 130e-3 / 2)
-    assert math.isclose(p["device_ms_per_step"], 120e-3 / 2)  # [0, 90] and [100, 130] and [150, 160] us
+    assert math.isclose(p["device_ms_per_step"], 120e-3 / 2)  # [0, 50], [60, 90], [100, 130], [150, 160] us
+    assert math.isclose(p["op_ms_per_step"], p["device_ms_per_step"]) and math.isclose(
+        p["concurrency"], 130 / 120
+    )
     assert math.isclose(p["span_ms_per_step"], 160e-3 / 2) and math.isclose(p["busy_fraction"], 0.75)
     ops = {o["op"]: o for o in p["ops"]}
     assert ops["custom-call.1"]["count_per_step"] == 1 and ops["custom-call.1"]["mean_us"] == 25
     assert ops["custom-call.1"]["kernel"] == "sm90_xmma_fprop_implicit_gemm"
+    assert ops["loop_add_fusion.2"]["mean_us"] == 20 and ops["loop_add_fusion.2"]["ms_per_step"] == 0.0075
     cats = {c["category"]: c["ms_per_step"] for c in p["categories"]}
-    assert cats == pytest.approx(
+    assert cats == pytest.approx(  # the 10 us overlap of the fusion and the reduction is split between them
         {
             "convolution": 0.04,
-            "fusion": 0.01,
-            "reduce": 0.01,
+            "fusion": 0.0075,
+            "reduce": 0.0075,
             "copy/transpose": 0.005,
             "collective": 0,
             "other": 0,
@@ -213,3 +217,12 @@ ENTRY %main (a: f32[8]) -> f32[8] {
         ("sort.1", ""): "other",
     }
     assert {key: bench.category(*key) for key in names} == names
+
+
+def test_attributed_time_splits_overlaps_and_adds_up_to_the_busy_time():
+    bench = load_benchmark("profile_step")
+    ev = [
+        bench.OpEvent(n, n, None, s, e)
+        for n, s, e in [("a", 0, 10), ("b", 5, 15), ("z", 20, 20), ("c", 20, 30)]
+    ]
+    assert bench.attributed_ns(ev) == [7.5, 7.5, 0.0, 10.0] and bench.busy_ns(ev) == 25
