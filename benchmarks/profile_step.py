@@ -1,7 +1,7 @@
 """Where the time of the trainer's training step goes: a device trace, read without TensorFlow.
 
     python benchmarks/profile_step.py --config=configs/cifar10.py:resnet20 --dtype bfloat16 \
-        --steps_per_call 20 --steps 100 --trace_dir /tmp/r20_trace --json /tmp/r20_profile.json
+        --steps_per_call 20 --steps 40 --trace_dir /tmp/r20_trace --json /tmp/r20_profile.json
     python benchmarks/profile_step.py --config=configs/imagenet_r50.py:v1.5 --dtype bfloat16 \
         --batch_size 256 --steps 10 --trace_dir /tmp/r50_trace --json /tmp/r50_profile.json
     python benchmarks/profile_step.py --from_trace /tmp/r20_trace     # read a saved trace again, anywhere
@@ -460,7 +460,7 @@ def table(r: dict) -> str:
         kernel = "" if o["kernel"] == o["op"] else o["kernel"][:60]
         lines.append(
             f"{i:>3} {o['op'][:40]:<40} {o['category']:<14} {o['count_per_step']:>7.2f} {o['mean_us']:>9.1f} "
-            f"{o['ms_per_step']:>8.3f} {o['share']:>6.1%}  {kernel}"
+            f"{o['ms_per_step']:>8.3f} {o['share']:>6.1%}  {kernel}".rstrip()
         )
     return "\n".join(lines)
 
