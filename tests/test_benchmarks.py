@@ -1,9 +1,11 @@
-"""benchmarks/train_step.py end to end on a tiny config: the JSON it writes has every field."""
+"""benchmarks/train_step.py and profile_step.py on a tiny config; the trace reader on made-up traces."""
 
 import importlib.util
 import json
 import math
 
+import jax
+import pytest
 from conftest import ROOT
 
 
@@ -52,3 +54,175 @@ def test_peak_table_matches_device_kinds():
     assert bench.peak_bf16("NVIDIA A100-SXM4-80GB", "gpu") == 312e12
     assert bench.peak_bf16("TPU v5 lite", "tpu") == 197e12
     assert bench.peak_bf16("cpu", "cpu") is None
+
+
+def test_profile_step_finds_the_ops_of_the_step_on_cpu(tmp_path):
+    bench = load_benchmark("profile_step")
+    argv = [
+        "--config=tests/configs/tiny.py",
+        "--steps=2",
+        "--warmup=1",
+        "--batch_size=8",
+        "--set=data.image_size=16",
+        f"--trace_dir={tmp_path / 'trace'}",
+        f"--json={tmp_path / 'p.json'}",
+    ]
+    result = bench.main(argv)
+    assert "error" not in result, result.get("error")
+    assert json.loads((tmp_path / "p.json").read_text()) == json.loads(json.dumps(result))
+    p = result["profile"]
+    assert p["module"] == "jit_train_step" and p["steps"] == 2 and result["step_ms_unprofiled"] > 0
+    assert p["source"].startswith("host threads") and p["kernels_per_step"] >= 50  # a ResNet-8 step's HLO ops
+    assert len(p["ops"]) == 25 and all(o["ms_per_step"] > 0 and o["count_per_step"] > 0 for o in p["ops"])
+    cats = {c["category"]: c for c in p["categories"]}
+    assert math.isclose(sum(c["ms_per_step"] for c in cats.values()), p["op_ms_per_step"])
+    assert math.isclose(sum(c["share"] for c in cats.values()), 1)
+    assert math.isclose(sum(c["count_per_step"] for c in cats.values()), p["kernels_per_step"])
+    assert cats["convolution"]["count_per_step"] >= 14  # 7 convolutions forward, and their gradients
+    assert 0 < p["device_ms_per_step"] <= p["span_ms_per_step"] and 0 < p["busy_fraction"] <= 1
+    assert math.isclose(p["device_ms_per_step"], p["op_ms_per_step"]) and p["concurrency"] >= 1 - 1e-9
+    # The saved trace reads again without running anything, to the same figures.
+    again = bench.main(["--from_trace", str(tmp_path / "trace")])
+    assert again["profile"] == p
+
+
+def gpu_like_trace(events: list[tuple], lines: tuple[str, ...]):
+    """An XSpace shaped like a CUPTI trace from (line, kernel, hlo_op, hlo_module, start_us, duration_us)."""
+    names = sorted({e[1] for e in events} | {"PjitFunction(train_step)"})
+    ids = {n: i for i, n in enumerate(names, 1)}
+    meta = "".join(f'event_metadata {{ key: {i} value {{ id: {i} name: "{n}" }} }}' for n, i in ids.items())
+    meta += 'stat_metadata { key: 1 value { id: 1 name: "hlo_op" } } '
+    meta += 'stat_metadata { key: 2 value { id: 2 name: "hlo_module" } }'
+    device = ""
+    for i, line in enumerate(lines):
+        device += f'lines {{ id: {i} name: "{line}" timestamp_ns: 0 '
+        for ln, kernel, op, module, start, dur in events:
+            if ln == line:
+                stats = f'stats {{ metadata_id: 1 str_value: "{op}" }}' if op else ""
+                stats += f'stats {{ metadata_id: 2 str_value: "{module}" }}' if module else ""
+                device += f"events {{ metadata_id: {ids[kernel]} offset_ps: {start}000000 "
+                device += f"duration_ps: {dur}000000 {stats} }} "
+        device += "} "
+    host = f'lines {{ id: 1 name: "python" events {{ metadata_id: {ids["PjitFunction(train_step)"]} '
+    host += "offset_ps: 0 duration_ps: 3000000 } }"
+    planes = f'planes {{ id: 1 name: "/device:GPU:0" {device} {meta} }} '
+    planes += f'planes {{ id: 2 name: "/host:CPU" {host} {meta} }}'
+    return jax.profiler.ProfileData.from_text_proto(planes)
+
+
+def test_profile_step_reads_a_gpu_trace():
+    bench = load_benchmark("profile_step")
+    s0, s1 = "Stream #7(Kernel)", "Stream #9(Kernel,MemcpyD2D)"
+    m = "jit_train_step"
+    trace = gpu_like_trace(
+        [
+            (s0, "sm90_xmma_fprop_implicit_gemm", "custom-call.1", m, 0, 40),  # a cuDNN convolution
+            (s0, "nchwToNhwcKernel", "custom-call.1", m, 40, 10),  # its layout kernel: the same op
+            (s0, "loop_add_fusion", "loop_add_fusion.2", m, 60, 20),
+            (s0, "kernel_x", "fusion.7", m, 100, 30),  # a fusion that holds a convolution (from the HLO)
+            (s1, "input_reduce_fusion", "input_reduce_fusion", m, 70, 20),  # overlaps loop_add_fusion.2
+            (s1, "MemcpyD2D", None, None, 150, 10),  # no annotation: keyed by its name, kept
+            (s1, "other_kernel", "fusion.1", "jit_other", 200, 50),  # another module's kernel: left out
+        ],
+        lines=(s0, s1, "CUPTI overhead"),
+    )
+    p = bench.summarize(trace, steps=2, module="jit_train_step", convs=frozenset({"fusion.7"}))
+    assert p["source"] == "plane /device:GPU:0, 2 stream line(s)"
+    assert (
+        p["kernels_per_step"] == 3
+        and p["distinct_ops"] == 5
+        and p["other_modules_ms_per_step"] == {"jit_other": 0.025}
+    )
+    assert math.isclose(p["device_ms_per_step"], 120e-3 / 2)  # [0, 50], [60, 90], [100, 130], [150, 160] us
+    assert math.isclose(p["op_ms_per_step"], p["device_ms_per_step"]) and math.isclose(
+        p["concurrency"], 130 / 120
+    )
+    assert math.isclose(p["span_ms_per_step"], 160e-3 / 2) and math.isclose(p["busy_fraction"], 0.75)
+    ops = {o["op"]: o for o in p["ops"]}
+    assert ops["custom-call.1"]["count_per_step"] == 1 and ops["custom-call.1"]["mean_us"] == 25
+    assert ops["custom-call.1"]["kernel"] == "sm90_xmma_fprop_implicit_gemm"
+    assert ops["loop_add_fusion.2"]["mean_us"] == 20 and ops["loop_add_fusion.2"]["ms_per_step"] == 0.0075
+    cats = {c["category"]: c["ms_per_step"] for c in p["categories"]}
+    assert cats == pytest.approx(  # the 10 us overlap of the fusion and the reduction is split between them
+        {
+            "convolution": 0.04,
+            "fusion": 0.0075,
+            "reduce": 0.0075,
+            "copy/transpose": 0.005,
+            "collective": 0,
+            "other": 0,
+        }
+    )
+    assert bench.host_dispatch_ns(trace, calls=2) == 1500
+
+
+def test_profile_step_lists_the_trace_when_it_finds_no_device_ops():
+    bench = load_benchmark("profile_step")
+    trace = gpu_like_trace([("CUPTI overhead", "overhead", None, None, 0, 1)], lines=("CUPTI overhead",))
+    with pytest.raises(bench.NoDeviceOps, match=r"(?s)plane '/device:GPU:0'.*line 'CUPTI overhead'"):
+        bench.summarize(trace, steps=1, module=None)
+
+
+def test_profile_step_reads_xla_cpu_ops_from_the_host_threads():
+    """XLA:CPU: the host's op events are the ops; an asynchronous one lasts until its "end: <op>" event."""
+    bench = load_benchmark("profile_step")
+    host_only = jax.profiler.ProfileData.from_text_proto(
+        'planes { id: 2 name: "/host:CPU" '
+        'lines { id: 1 name: "t1" events { metadata_id: 1 duration_ps: 1000000 '
+        '  stats { metadata_id: 1 str_value: "conv.1" } stats { metadata_id: 2 uint64_value: 7 } } } '
+        'lines { id: 2 name: "t2" events { metadata_id: 2 offset_ps: 9000000 duration_ps: 1000000 '
+        "stats { metadata_id: 3 uint64_value: 7 } } } "
+        'event_metadata { key: 1 value { id: 1 name: "conv.1" } } '
+        'event_metadata { key: 2 value { id: 2 name: "end: conv.1" } } '
+        'stat_metadata { key: 1 value { id: 1 name: "hlo_op" } } '
+        'stat_metadata { key: 2 value { id: 2 name: "_p" } } '
+        'stat_metadata { key: 3 value { id: 3 name: "_c" } } }'
+    )
+    host = bench.summarize(host_only, steps=1, module=None)
+    assert host["kernels_per_step"] == 1 and host["op_ms_per_step"] == 0.01
+    with pytest.raises(bench.NoDeviceOps, match="no device plane"):  # a GPU's host launches do not
+        bench.summarize(host_only, steps=1, module=None, platform="gpu")
+
+
+def test_conv_ops_follows_fusions_not_loops():
+    bench = load_benchmark("profile_step")
+    hlo = """HloModule jit_train_step
+
+%fused_conv (p0: f32[8]) -> f32[8] {
+  ROOT %convolution.3 = f32[8]{0} convolution(%p0, %p0), window={size=1}
+}
+
+%body (p: f32[8]) -> f32[8] {
+  ROOT %convolution.4 = f32[8]{0} convolution(%p, %p), window={size=1}
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %ynn_fusion.2 = f32[8]{0} fusion(%a), kind=kCustom, calls=%fused_conv
+  %custom-call.5 = f32[8]{0} custom-call(%a), custom_call_target="__cudnn$convForward"
+  %add_fusion = f32[8]{0} fusion(%a), kind=kLoop, calls=%fused_add
+  ROOT %while.1 = f32[8]{0} while(%a), condition=%cond, body=%body
+}
+"""
+    convs = bench.conv_ops(hlo)
+    assert {"ynn_fusion.2", "custom-call.5"} <= convs and not {"add_fusion", "while.1"} & convs
+    assert bench.module_name(hlo) == "jit_train_step"
+    assert bench.category("ynn_fusion.2", "", convs) == "convolution"
+    names = {
+        ("all-reduce.3", ""): "collective",
+        ("transpose_copy_fusion.1", ""): "copy/transpose",
+        ("input_reduce_fusion.2", ""): "reduce",
+        ("convert_fusion.1", ""): "fusion",  # "convert" is no convolution
+        ("fusion.3", "cutlass_80_tensorop_gemm"): "convolution",  # by its kernel
+        ("wrapped_broadcast", ""): "fusion",  # XLA:CPU's single elementwise ops
+        ("sort.1", ""): "other",
+    }
+    assert {key: bench.category(*key) for key in names} == names
+
+
+def test_attributed_time_splits_overlaps_and_adds_up_to_the_busy_time():
+    bench = load_benchmark("profile_step")
+    ev = [
+        bench.OpEvent(n, n, None, s, e)
+        for n, s, e in [("a", 0, 10), ("b", 5, 15), ("z", 20, 20), ("c", 20, 30)]
+    ]
+    assert bench.attributed_ns(ev) == [7.5, 7.5, 0.0, 10.0] and bench.busy_ns(ev) == 25
