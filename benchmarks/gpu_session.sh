@@ -8,29 +8,40 @@
 # in .whl/ (installed here into /tmp/site when they are not importable); the CIFAR-10 JPEG archive at
 # .data/cifar10-jpeg.tar.gz (CIFAR_TAR=... to change); for peer_r50, google/flax examples/imagenet in
 # .peer/flax/examples/imagenet (ignored; see benchmarks/peer_flax_imagenet.py). No TensorFlow anywhere.
-# With the device tool: carry .whl, .data and .peer.
+# With the device tool (about 20 MiB travel; leave time for the machine's start in the 15 minutes):
+#   run(command="OUT=$OUT BUDGET_S=480 bash benchmarks/gpu_session.sh", carry=[".whl", ".data", ".peer"],
+#       timeout_s=560)
 #
 # Each item is skipped when less than its estimated time is left of BUDGET_S (default 510 s) and
 # killed at its cap or when the budget runs out, so a timeout loses only the last items. Every item
-# writes JSON into $OUT as it goes; the summary at the end (also $OUT/summary.md) is Markdown for
+# writes JSON into $WORK, packed into $OUT after each item; $OUT/summary.md is Markdown for
 # BENCHMARKS.md. The default ITEMS are the second session's plan for issue #7 (same-session peer,
-# where the ResNet-20 and ResNet-50 steps spend their time, and cheap levers); `all_items` below
+# where the ResNet-20 and ResNet-50 steps spend their time, and cheap levers); `run_item` below
 # lists every item, the first session's included.
 
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/gpu_session}
+# Items write into WORK; after every item it is packed into $OUT/session.tar.gz next to $OUT/summary.md
+# (the device tool returns at most 8 files from $OUT, so OUT holds only those two, plus traces.tar.gz).
+WORK=${WORK:-/tmp/gpu_session_work}
 BUDGET_S=${BUDGET_S:-510}
 CIFAR_TAR=${CIFAR_TAR:-.data/cifar10-jpeg.tar.gz}
 R20_STEPS_PER_CALL=${R20_STEPS_PER_CALL:-50}
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$WORK"
 START=$(date +%s)
 
 log() { echo "[$(date -u +%H:%M:%S) +$(($(date +%s) - START))s] $*"; }
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
 
-# item NAME ESTIMATE_S CAP_S command...: output into $OUT/NAME.log, its last lines shown.
+# pack: the results so far into $OUT (cheap; after every item, so a killed session keeps them).
+pack() {
+  tar czf "$OUT/session.tar.gz" --exclude=./traces -C "$WORK" .
+  python3 benchmarks/session_summary.py "$WORK" >"$OUT/summary.md" 2>&1
+}
+
+# item NAME ESTIMATE_S CAP_S command...: output into $WORK/NAME.log, its last lines shown.
 item() {
   local name=$1 est=$2 cap=$3
   shift 3
@@ -39,26 +50,27 @@ item() {
   ITEM_WALL=null ITEM_RC=null
   if ((l < est)); then
     log "SKIP $name (needs ~${est} s, ${l} s left)"
-    echo "$name: skipped, needs ~${est} s, ${l} s left" >>"$OUT/skipped.txt"
+    echo "$name: skipped, needs ~${est} s, ${l} s left" >>"$WORK/skipped.txt"
     return 0
   fi
   local t=$((cap < l ? cap : l))
   log "START $name (limit ${t} s)"
   local t0
   t0=$(date +%s%N)
-  timeout -k 10 "$t" "$@" >"$OUT/$name.log" 2>&1
+  timeout -k 10 "$t" "$@" >"$WORK/$name.log" 2>&1
   local rc=$?
   local ms=$((($(date +%s%N) - t0) / 1000000))
   ITEM_WALL=$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))
   ITEM_RC=$rc
-  grep -v -e '^\s*$' "$OUT/$name.log" | tail -n 8
+  grep -v -e '^\s*$' "$WORK/$name.log" | tail -n 8
   log "END $name rc=$rc after ${ITEM_WALL} s"
-  if ((rc != 0)); then echo "$name: exit $rc (124 = hit its ${t} s limit)" >>"$OUT/skipped.txt"; fi
+  if ((rc != 0)); then echo "$name: exit $rc (124 = hit its ${t} s limit)" >>"$WORK/skipped.txt"; fi
+  pack
 }
 
 
 log "setup"
-nvidia-smi | tee "$OUT/nvidia-smi.txt" || true
+nvidia-smi | tee "$WORK/nvidia-smi.txt" || true
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv || true
 if ! python3 -c "import ml_collections, tensorboardX" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
@@ -74,7 +86,7 @@ R20=(--config=configs/cifar10.py:resnet20 --steps_per_call=20 --steps=200 --warm
 
 # r20_flags NAME FLAGS: ResNet-20 at 20 steps/call (the full recipe's regime), synthetic, under XLA_FLAGS.
 r20_flags() {
-  item "r20_$1" 25 60 env XLA_FLAGS="$2" "${BENCH[@]}" "${R20[@]}" --json="$OUT/r20_$1.json"
+  item "r20_$1" 25 60 env XLA_FLAGS="$2" "${BENCH[@]}" "${R20[@]}" --json="$WORK/r20_$1.json"
 }
 
 run_item() {
@@ -82,18 +94,18 @@ run_item() {
     # --- issue #7, second session: a same-session peer, then where the time goes, then levers ---
     peer_r50) # the flax example's own ResNet-50 v1.5 step, bf16, batch 256 (issue: 6,879 img/s)
       item peer_r50 60 150 python3 benchmarks/peer_flax_imagenet.py --batch_size=256 --steps=30 \
-        --warmup=10 --repeats=3 --json="$OUT/peer_r50.json" ;;
+        --warmup=10 --repeats=3 --json="$WORK/peer_r50.json" ;;
     r50_v15) # ours, same settings (first session: 6,933 img/s)
-      item r50_v15 60 170 "${BENCH[@]}" "${R50[@]}" --no_loop --json="$OUT/r50_v15.json" ;;
+      item r50_v15 60 170 "${BENCH[@]}" "${R50[@]}" --no_loop --json="$WORK/r50_v15.json" ;;
     r50_v15_stem4) # the channel-padded stem (model.stem_channels=4)
       item r50_v15_stem4 60 170 "${BENCH[@]}" "${R50[@]}" --no_loop --set model.stem_channels=4 \
-        --json="$OUT/r50_v15_stem4.json" ;;
+        --json="$WORK/r50_v15_stem4.json" ;;
     profile_r20) # kernel time table of the ResNet-20 step at 20 steps/call
-      item profile_r20 40 100 "${PROFILE[@]}" --config=configs/cifar10.py:resnet20 --steps_per_call=20 \
-        --steps=40 --json="$OUT/profile_r20.json" ;;
+      item profile_r20 45 110 "${PROFILE[@]}" --config=configs/cifar10.py:resnet20 --steps_per_call=20 \
+        --steps=40 --trace_dir="$WORK/traces/r20" --json="$WORK/profile_r20.json" ;;
     profile_r50) # kernel time table of the ResNet-50 v1.5 step, batch 256
-      item profile_r50 60 150 "${PROFILE[@]}" --config=configs/imagenet_r50.py:v1.5 --batch_size=256 \
-        --steps=5 --json="$OUT/profile_r50.json" ;;
+      item profile_r50 70 150 "${PROFILE[@]}" --config=configs/imagenet_r50.py:v1.5 --batch_size=256 \
+        --steps=10 --trace_dir="$WORK/traces/r50" --json="$WORK/profile_r50.json" ;;
     r20_default) r20_flags default "" ;;
     r20_cmdbuf_unroll) r20_flags cmdbuf_unroll "--xla_gpu_command_buffer_unroll_loops=true" ;;
     r20_cmdbuf_cudnn) r20_flags cmdbuf_cudnn "--xla_gpu_enable_command_buffer=+CUDNN" ;;
@@ -102,41 +114,41 @@ run_item() {
     r20_runtime_fusion) r20_flags runtime_fusion "--xla_gpu_use_runtime_fusion=true" ;;
     r20_nhwc) r20_flags nhwc "--xla_gpu_force_conv_nhwc=true" ;;
     r20_f32) # float32 convolutions (TF32) instead of bf16: small-channel convs may prefer them
-      item r20_f32 25 60 python3 benchmarks/train_step.py --dtype=float32 "${R20[@]}" --json="$OUT/r20_f32.json" ;;
+      item r20_f32 25 60 python3 benchmarks/train_step.py --dtype=float32 "${R20[@]}" --json="$WORK/r20_f32.json" ;;
     r56_full) # the paper's full ResNet-56 recipe (target <= 300 s; ~321 s of steps at the first session's 5.0 ms)
       full_run r56_full resnet56 20 420 ;;
     r50_conv_fusion) # cuDNN conv fusion on the big net
       item r50_conv_fusion 60 170 env XLA_FLAGS="--xla_gpu_experimental_enable_conv_fusion=true" \
-        "${BENCH[@]}" "${R50[@]}" --no_loop --json="$OUT/r50_conv_fusion.json" ;;
+        "${BENCH[@]}" "${R50[@]}" --no_loop --json="$WORK/r50_conv_fusion.json" ;;
 
     # --- the first session's items (2026-11-27) ---
     r50_v15_loop) # ResNet-50 v1.5 with the trainer-like loop timed too
-      item r50_v15_loop 60 170 "${BENCH[@]}" "${R50[@]}" --json="$OUT/r50_v15_loop.json" ;;
+      item r50_v15_loop 60 170 "${BENCH[@]}" "${R50[@]}" --json="$WORK/r50_v15_loop.json" ;;
     r56_cifar10) # real CIFAR-10 with on-device augmentation, 1 and 20 steps/call
       item r56_cifar10 70 190 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 --real_data \
         --set=data.path="$CIFAR_TAR" --steps_per_call=1,20 --steps=100 --warmup=20 \
-        --json="$OUT/r56_cifar10.json" ;;
+        --json="$WORK/r56_cifar10.json" ;;
     r20_full) full_run r20_full resnet20 "$R20_STEPS_PER_CALL" 250 ;;
     r50_v1) # the paper's ResNet-50 (stride on the first 1x1)
       item r50_v1 60 150 "${BENCH[@]}" --config=configs/imagenet_r50.py --batch_size=256 \
-        --steps=30 --warmup=10 --repeats=3 --json="$OUT/r50_v1.json" ;;
+        --steps=30 --warmup=10 --repeats=3 --json="$WORK/r50_v1.json" ;;
     r20_synth)
       item r20_synth 30 90 "${BENCH[@]}" --config=configs/cifar10.py:resnet20 --steps_per_call=1,20 \
-        --steps=200 --warmup=20 --json="$OUT/r20_synth.json" ;;
+        --steps=200 --warmup=20 --json="$WORK/r20_synth.json" ;;
     r110_synth) # scanned: the config's default from depth 110
       item r110_synth 45 120 "${BENCH[@]}" --config=configs/cifar10.py:resnet110 --steps_per_call=1,20 \
-        --steps=60 --warmup=20 --json="$OUT/r110_synth.json" ;;
+        --steps=60 --warmup=20 --json="$WORK/r110_synth.json" ;;
     r1202_synth)
       item r1202_synth 40 120 "${BENCH[@]}" --config=configs/cifar10.py:resnet1202 --steps=6 --warmup=2 \
-        --repeats=2 --no_loop --json="$OUT/r1202_synth.json" ;;
+        --repeats=2 --no_loop --json="$WORK/r1202_synth.json" ;;
     r20_synth_nocmdbuf) # command buffers (CUDA graphs) off, 1 step/call
       item r20_synth_nocmdbuf 25 60 env XLA_FLAGS="--xla_gpu_enable_command_buffer=" "${BENCH[@]}" \
-        --config=configs/cifar10.py:resnet20 --steps=200 --warmup=20 --json="$OUT/r20_synth_nocmdbuf.json" ;;
+        --config=configs/cifar10.py:resnet20 --steps=200 --warmup=20 --json="$WORK/r20_synth_nocmdbuf.json" ;;
     r56_scan_synth)
       item r56_scan_synth 40 100 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 \
         --set=model.scan_blocks=true --steps_per_call=1,20 --steps=100 --warmup=20 \
-        --json="$OUT/r56_scan_synth.json" ;;
-    *) log "unknown item $1 (see run_item in $0)"; echo "$1: unknown item" >>"$OUT/skipped.txt" ;;
+        --json="$WORK/r56_scan_synth.json" ;;
+    *) log "unknown item $1 (see run_item in $0)"; echo "$1: unknown item" >>"$WORK/skipped.txt" ;;
   esac
 }
 
@@ -150,12 +162,13 @@ full_run() {
     --config=configs/cifar10.py:"$net" --workdir="/tmp/$name" --config.data.path="$CIFAR_TAR" \
     --config.model.dtype=bfloat16 --config.steps_per_call="$k"
   if [[ -d /tmp/$name ]]; then
-    mkdir -p "$OUT/$name"
-    cp "/tmp/$name"/{summary.json,metrics.jsonl,config.json} "$OUT/$name/" 2>/dev/null
+    mkdir -p "$WORK/$name"
+    cp "/tmp/$name"/{summary.json,metrics.jsonl,config.json} "$WORK/$name/" 2>/dev/null
     local first
-    first=$(grep -o 'first step compiled and ran in [0-9.]*' "$OUT/$name.log" | grep -o '[0-9.]*$')
+    first=$(grep -o 'first step compiled and ran in [0-9.]*' "$WORK/$name.log" | grep -o '[0-9.]*$')
     printf '{"process_wall_s": %s, "first_step_s": %s, "steps_per_call": %s, "exit": %s}\n' \
-      "$ITEM_WALL" "${first:-null}" "$k" "$ITEM_RC" >"$OUT/$name/wall.json"
+      "$ITEM_WALL" "${first:-null}" "$k" "$ITEM_RC" >"$WORK/$name/wall.json"
+    pack
   fi
 }
 
@@ -164,5 +177,11 @@ r20_cmdbuf_cudnn r50_v15_stem4 profile_r50 r20_concurrent r20_runtime_fusion r20
 for name in ${ITEMS:-$DEFAULT_ITEMS}; do run_item "$name"; done
 
 log "summary"
-python3 benchmarks/session_summary.py "$OUT" | tee "$OUT/summary.md"
+pack
+cat "$OUT/summary.md"
+if [[ -d $WORK/traces ]]; then # for profile_step.py --from_trace; the tool returns files up to 16 MiB
+  tar czf "$OUT/traces.tar.gz" -C "$WORK" traces
+  if (($(stat -c %s "$OUT/traces.tar.gz") > 15000000)); then tar czf "$OUT/traces.tar.gz" -C "$WORK" traces/r20; fi
+fi
+ls -l "$OUT"
 log "done"

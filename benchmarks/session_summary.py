@@ -2,9 +2,10 @@
 
     python3 benchmarks/session_summary.py $OUT
 
-Reads every train_step.py JSON (`*.json` with "rows"), peer_flax_imagenet.py JSON (with "peer"), the
-full training runs (`*/summary.json` and `*/metrics.jsonl`) and `skipped.txt`, and prints one table
-of training steps, one of peer steps and one of runs.
+Reads every train_step.py JSON (`*.json` with "rows"), peer_flax_imagenet.py JSON (with "peer"),
+profile_step.py JSON (with "profile"), the full training runs (`*/summary.json` and `*/metrics.jsonl`)
+and `skipped.txt`, and prints a table of training steps, one of peer steps, the top ops of each
+profile and a table of runs.
 """
 
 from __future__ import annotations
@@ -91,6 +92,32 @@ def peer_table(files: list[pathlib.Path]) -> list[str]:
     return lines
 
 
+def profile_tables(files: list[pathlib.Path], top: int = 8) -> list[str]:
+    """Per profile_step.py JSON: step time, busy fraction, kernels, categories and the top ops."""
+    lines = []
+    for path in files:
+        d = json.loads(path.read_text())
+        p = d["profile"]
+        cats = ", ".join(f"{c['category']} {c['share']:.0%}" for c in p["categories"] if c["ms_per_step"] > 0)
+        lines += [
+            f"**{path.stem}** ({d['model']}, batch {d['batch_size']}, {d['dtype']}, "
+            f"{d['steps_per_call']} steps/call, {d['device_kind']}): step {d['step_ms_unprofiled']:.3f} ms "
+            f"unprofiled, {d['step_ms_profiled']:.3f} ms profiled; device busy "
+            f"{p['device_ms_per_step']:.3f} ms/step ({p['busy_fraction']:.0%} of the span), "
+            f"{p['kernels_per_step']:.0f} kernels/step; {cats}",
+            "",
+            "| op | category | per step | mean µs | ms/step | share | kernel |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for op in p["ops"][:top]:
+            lines.append(
+                f"| {op['op']} | {op['category']} | {op['count_per_step']:.1f} | {op['mean_us']:,.1f} | "
+                f"{op['ms_per_step']:.3f} | {op['share']:.1%} | {op['kernel'][:60]} |"
+            )
+        lines.append("")
+    return lines
+
+
 def main(argv: list[str]) -> None:
     out = pathlib.Path(argv[1] if len(argv) > 1 else ".")
     files = sorted(
@@ -106,6 +133,10 @@ def main(argv: list[str]) -> None:
     if peers:
         print()
         print("\n".join(peer_table(peers)))
+    profiles = sorted(p for p in out.glob("*.json") if "profile" in json.loads(p.read_text() or "{}"))
+    if profiles:
+        print()
+        print("\n".join(profile_tables(profiles)))
     runs = sorted(p.parent for p in out.glob("*/metrics.jsonl"))
     if runs:
         print()

@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tarfile
 import textwrap
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,9 +56,59 @@ def test_summary_lists_peer_rows_and_skipped_items(tmp_path):
     assert "r50_v1: skipped, needs ~60 s, 12 s left" in text
 
 
+def test_summary_shows_where_a_profiled_step_spends_its_time(tmp_path):
+    profile = {
+        "model": "cifar-20",
+        "batch_size": 128,
+        "dtype": "bfloat16",
+        "steps_per_call": 20,
+        "device_kind": "NVIDIA H200",
+        "step_ms_unprofiled": 1.7,
+        "step_ms_profiled": 2.1,
+        "profile": {
+            "device_ms_per_step": 1.5,
+            "busy_fraction": 0.75,
+            "kernels_per_step": 301.0,
+            "categories": [
+                {"category": "convolution", "ms_per_step": 1.0, "share": 2 / 3},
+                {"category": "fusion", "ms_per_step": 0.5, "share": 1 / 3},
+                {"category": "other", "ms_per_step": 0.0, "share": 0.0},
+            ],
+            "ops": [
+                {
+                    "op": "cudnn-conv.3",
+                    "category": "convolution",
+                    "count_per_step": 1.0,
+                    "mean_us": 42.5,
+                    "ms_per_step": 0.0425,
+                    "share": 0.0283,
+                    "kernel": "sm90_xmma_fprop_implicit_gemm_bf16",
+                }
+            ],
+        },
+    }
+    (tmp_path / "profile_r20.json").write_text(json.dumps(profile))
+    text = summary(tmp_path)
+    assert (
+        "device busy 1.500 ms/step (75% of the span), 301 kernels/step; convolution 67%, fusion 33%" in text
+    )
+    assert "other 0%" not in text
+    assert (
+        "| cudnn-conv.3 | convolution | 1.0 | 42.5 | 0.043 | 2.8% | sm90_xmma_fprop_implicit_gemm_bf16 |"
+        in text
+    )
+
+
 def test_session_script_runs_named_items_skips_what_the_budget_cannot_hold(tmp_path):
     """Unknown items are reported, items longer than the budget are skipped, the summary still runs."""
-    env = {**os.environ, "OUT": str(tmp_path), "BUDGET_S": "20", "ITEMS": "no_such_item r50_v15"}
+    out_dir, work = tmp_path / "out", tmp_path / "work"
+    env = {
+        **os.environ,
+        "OUT": str(out_dir),
+        "WORK": str(work),
+        "BUDGET_S": "20",
+        "ITEMS": "no_such_item r50_v15",
+    }
     out = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_session.sh")],
         env=env,
@@ -66,10 +117,13 @@ def test_session_script_runs_named_items_skips_what_the_budget_cannot_hold(tmp_p
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    skipped = (tmp_path / "skipped.txt").read_text()
+    skipped = (work / "skipped.txt").read_text()
     assert "no_such_item: unknown item" in skipped
     assert "r50_v15: skipped, needs ~60 s" in skipped
-    assert (tmp_path / "summary.md").exists()
+    assert "r50_v15: skipped" in (out_dir / "summary.md").read_text()
+    with tarfile.open(out_dir / "session.tar.gz") as tar:
+        assert "./skipped.txt" in tar.getnames()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["session.tar.gz", "summary.md"]
 
 
 def test_peer_harness_stands_in_for_missing_tensorflow_and_clu(tmp_path):
