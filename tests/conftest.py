@@ -70,3 +70,26 @@ def gs_bucket(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     filesystems.cache_clear()
     yield root
     filesystems.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_tfds(cifar_tar: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A TFDS dataset of real JPEGs (upscaled CIFAR images, 3 classes) and the data config to read it."""
+    import numpy as np
+    from helpers import TINY_TFDS_SIZES, TINY_TFDS_TRAIN, TINY_TFDS_VAL
+
+    from resnet_jax import data
+    from resnet_jax.data import folder_tfds
+
+    cifar = data.load_in_memory({"name": "cifar10", "path": str(cifar_tar)}, seed=0)  # the user cache
+    tmp = tmp_path_factory.mktemp("tiny_jpegs")
+    names = cifar.class_names[:3]
+    n, v = TINY_TFDS_TRAIN, TINY_TFDS_VAL
+    folder_tfds.write_upscaled(
+        cifar.train_images[:n], np.arange(n) % 3, names, tmp / "src/train", TINY_TFDS_SIZES
+    )
+    folder_tfds.write_upscaled(
+        cifar.eval_images[:v], np.arange(v) % 3, names, tmp / "src/validation", TINY_TFDS_SIZES
+    )
+    folder_tfds.build(tmp / "src", tmp / "tfds")
+    return {"name": "jpeg_folder", "tfds_dir": str(tmp / "tfds"), "shuffle_buffer": 16, "image_size": 224}

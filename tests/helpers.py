@@ -13,6 +13,14 @@ import orbax.checkpoint as ocp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+# The tiny TFDS dataset of real JPEGs (conftest.py's tiny_tfds): 3 classes, upscaled CIFAR images.
+TINY_TFDS_SIZES = [
+    (400, 300),
+    (300, 400),
+    (480, 480),
+    (341, 256),
+]  # (W, H): landscape, portrait, square, small
+TINY_TFDS_TRAIN, TINY_TFDS_VAL = 24, 11  # 11: the last eval batch is padded
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:

@@ -4,34 +4,19 @@ import pathlib
 
 import numpy as np
 import pytest
+from helpers import TINY_TFDS_TRAIN, TINY_TFDS_VAL
 
 from resnet_jax import data
 from resnet_jax.data import imagenet
 
 pytest.importorskip("tensorflow_datasets")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SIZES = [(400, 300), (300, 400), (480, 480), (341, 256)]  # (W, H): landscape, portrait, square, small
-N_TRAIN, N_VAL = 24, 11  # 11: the last eval batch is padded
+N_TRAIN, N_VAL = TINY_TFDS_TRAIN, TINY_TFDS_VAL
 
 
-@pytest.fixture(scope="module")
-def tiny(cifar_tar, tmp_path_factory):
-    from resnet_jax.data import folder_tfds
-
-    cifar = data.load_in_memory(
-        {"name": "cifar10", "path": str(cifar_tar)},
-        seed=0,  # decoded arrays from the default user cache
-    )
-    tmp = tmp_path_factory.mktemp("tiny_jpegs")
-    names = cifar.class_names[:3]
-    folder_tfds.write_upscaled(
-        cifar.train_images[:N_TRAIN], np.arange(N_TRAIN) % 3, names, tmp / "src/train", SIZES
-    )
-    folder_tfds.write_upscaled(
-        cifar.eval_images[:N_VAL], np.arange(N_VAL) % 3, names, tmp / "src/validation", SIZES
-    )
-    folder_tfds.build(tmp / "src", tmp / "tfds")
-    return {"name": "jpeg_folder", "tfds_dir": str(tmp / "tfds"), "shuffle_buffer": 16, "image_size": 224}
+@pytest.fixture
+def tiny(tiny_tfds):
+    return dict(tiny_tfds)
 
 
 def take(it, n):

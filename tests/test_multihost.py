@@ -8,7 +8,7 @@ import time
 
 import jax
 import numpy as np
-from helpers import ROOT, read_metrics, restore_state, tiny_config
+from helpers import ROOT, TINY_TFDS_VAL, read_metrics, restore_state, tiny_config
 
 from resnet_jax import train
 
@@ -81,3 +81,36 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), a, b)
     losses = [[r.get("train/loss") for r in read_metrics(d)] for d in (single, multi)]
     np.testing.assert_allclose(np.array(losses[0], float), np.array(losses[1], float), rtol=1e-5)
+
+
+def test_two_processes_stream_a_tfds_dataset_and_evaluate_every_image_once(tiny_tfds, tmp_path):
+    """The streamed path over 2 processes: each reads its own part of the splits through tf.data.
+
+    The processes' training batches differ from one process's, so the runs cannot match step for
+    step; with a zero learning rate and BN momentum 1 the state stays at its (seeded) initial value,
+    so their evaluation must match that of the initial state on one process x 8 devices: every
+    validation image evaluated once, the padded batches masked, the sums reduced across processes.
+    """
+    overrides = {
+        "data.name": tiny_tfds["name"],
+        "data.tfds_dir": tiny_tfds["tfds_dir"],
+        "data.shuffle_buffer": 16,
+        "data.image_size": 32,
+        "data.eval_batch_size": 8,
+        "batch_size": 8,
+        "num_train_steps": 2,
+        "eval_every_steps": 2,
+        "schedule.base_lr": 0.0,
+        "model.bn_momentum": 1.0,
+    }
+    procs = start_pair(tmp_path, *(f"--config.{k}={v}" for k, v in overrides.items()))
+    run = train.setup(tiny_config(**overrides))  # one process, 8 devices: the initial state evaluated
+    one = train.evaluate(run.init(), run.inputs, run.evaluate_step, run.mesh)
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "8 cpu device(s)" in outputs[0] and "done: step 2" in outputs[0]
+    (two,) = [r for r in read_metrics(tmp_path) if "eval/count" in r]
+    assert one["eval/count"] == two["eval/count"] == TINY_TFDS_VAL
+    assert one["eval/top1_error"] == two["eval/top1_error"], (one, two)
+    np.testing.assert_allclose(one["eval/loss"], two["eval/loss"], rtol=1e-5)
