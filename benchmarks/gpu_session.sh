@@ -107,6 +107,14 @@ run_item() {
       item profile_r50 70 150 "${PROFILE[@]}" --config=configs/imagenet_r50.py:v1.5 --batch_size=256 \
         --steps=10 --trace_dir="$WORK/traces/r50" --json="$WORK/profile_r50.json" ;;
     r20_default) r20_flags default "" ;;
+    r20_b256) # the recipe at batch 256 (configs/cifar10.py:resnet20,batch=256: lr 0.2, 32k steps)
+      item r20_b256 25 60 "${BENCH[@]}" --config=configs/cifar10.py:resnet20,batch=256 --steps_per_call=20 \
+        --steps=200 --warmup=20 --no_loop --json="$WORK/r20_b256.json" ;;
+    r56_b256)
+      item r56_b256 35 80 "${BENCH[@]}" --config=configs/cifar10.py:resnet56,batch=256 --steps_per_call=20 \
+        --steps=100 --warmup=20 --no_loop --json="$WORK/r56_b256.json" ;;
+    r20_full_b256) full_run r20_full_b256 resnet20,batch=256 25 100 200 ;; # target <= 90 s; test error?
+    r56_full_b256) full_run r56_full_b256 resnet56,batch=256 10 300 420 ;; # target <= 300 s
     r20_cmdbuf_unroll) r20_flags cmdbuf_unroll "--xla_gpu_command_buffer_unroll_loops=true" ;;
     r20_cmdbuf_cudnn) r20_flags cmdbuf_cudnn "--xla_gpu_enable_command_buffer=+CUDNN" ;;
     r20_concurrent) r20_flags concurrent "--xla_gpu_graph_enable_concurrent_region=true" ;;
@@ -116,7 +124,7 @@ run_item() {
     r20_f32) # float32 convolutions (TF32) instead of bf16: small-channel convs may prefer them
       item r20_f32 25 60 python3 benchmarks/train_step.py --dtype=float32 "${R20[@]}" --json="$WORK/r20_f32.json" ;;
     r56_full) # the paper's full ResNet-56 recipe (target <= 300 s; ~321 s of steps at the first session's 5.0 ms)
-      full_run r56_full resnet56 20 420 ;;
+      full_run r56_full resnet56 20 340 420 ;;
     r50_conv_fusion) # cuDNN conv fusion on the big net
       item r50_conv_fusion 60 170 env XLA_FLAGS="--xla_gpu_experimental_enable_conv_fusion=true" \
         "${BENCH[@]}" "${R50[@]}" --no_loop --json="$WORK/r50_conv_fusion.json" ;;
@@ -128,7 +136,7 @@ run_item() {
       item r56_cifar10 70 190 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 --real_data \
         --set=data.path="$CIFAR_TAR" --steps_per_call=1,20 --steps=100 --warmup=20 \
         --json="$WORK/r56_cifar10.json" ;;
-    r20_full) full_run r20_full resnet20 "$R20_STEPS_PER_CALL" 250 ;;
+    r20_full) full_run r20_full resnet20 "$R20_STEPS_PER_CALL" 140 250 ;;
     r50_v1) # the paper's ResNet-50 (stride on the first 1x1)
       item r50_v1 60 150 "${BENCH[@]}" --config=configs/imagenet_r50.py --batch_size=256 \
         --steps=30 --warmup=10 --repeats=3 --json="$WORK/r50_v1.json" ;;
@@ -152,13 +160,13 @@ run_item() {
   esac
 }
 
-# full_run NAME NET STEPS_PER_CALL CAP: the paper's full CIFAR-10 recipe (64k steps, eval every 1k) through
+# full_run NAME NET STEPS_PER_CALL ESTIMATE_S CAP_S: the full CIFAR-10 recipe of configs/cifar10.py:NET through
 # the trainer's own entry point, under FULL_XLA_FLAGS. At the time limit the trainer gets SIGTERM: it
 # checkpoints and stops, and metrics.jsonl has how far it got.
 full_run() {
-  local name=$1 net=$2 k=$3 cap=$4
+  local name=$1 net=$2 k=$3 est=$4 cap=$5
   rm -rf "/tmp/$name"
-  item "$name" 100 "$cap" env XLA_FLAGS="${FULL_XLA_FLAGS:-}" python3 -m resnet_jax.main \
+  item "$name" "$est" "$cap" env XLA_FLAGS="${FULL_XLA_FLAGS:-}" python3 -m resnet_jax.main \
     --config=configs/cifar10.py:"$net" --workdir="/tmp/$name" --config.data.path="$CIFAR_TAR" \
     --config.model.dtype=bfloat16 --config.steps_per_call="$k"
   if [[ -d /tmp/$name ]]; then
@@ -172,8 +180,9 @@ full_run() {
   fi
 }
 
-DEFAULT_ITEMS="peer_r50 r50_v15 profile_r20 r20_default r20_cmdbuf_unroll r20_conv_fusion r20_f32 \
-r20_cmdbuf_cudnn r50_v15_stem4 profile_r50 r20_concurrent r20_runtime_fusion r20_nhwc r50_conv_fusion"
+DEFAULT_ITEMS="r20_default r20_b256 r20_full_b256 peer_r50 r50_v15 r50_v15_stem4 profile_r20 r56_b256 \
+r20_cmdbuf_unroll r20_conv_fusion r20_f32 profile_r50 r20_cmdbuf_cudnn r20_concurrent r20_runtime_fusion \
+r20_nhwc r50_conv_fusion"
 for name in ${ITEMS:-$DEFAULT_ITEMS}; do run_item "$name"; done
 
 log "summary"

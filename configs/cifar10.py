@@ -3,11 +3,12 @@
     python -m resnet_jax.main --config=configs/cifar10.py:resnet110,A --workdir=runs/cifar10-resnet110
     python -m resnet_jax.main --config=configs/cifar10.py:resnet20,A,smoke --workdir=/tmp/smoke  # CPU
 
-Argument: "<net>[,<shortcut>][,smoke][,val]" (see resnet_jax/experiments.py); net resnet20 (default),
-resnet32, 44, 56, 110, 1202 or any resnet<6n+2>; plain20 ... plain110 (no shortcuts); shortcut A (default,
-the paper's), B or C. Recipe: batch 128, 64k steps, lr 0.1 / 10 at 32k and 48k, momentum 0.9, weight
-decay 1e-4, 4-pixel pad + random 32x32 crop + flip, per-pixel mean; depth >= 110 warms up at lr 0.01 for
-400 steps and scans its blocks.
+Argument: "<net>[,<shortcut>][,smoke][,val][,batch=<N>]" (see resnet_jax/experiments.py); net resnet20
+(default), resnet32, 44, 56, 110, 1202 or any resnet<6n+2>; plain20 ... plain110 (no shortcuts); shortcut
+A (default, the paper's), B or C; batch=<N> the same epochs at batch N (lr x N/128; not the paper's).
+Recipe: batch 128, 64k steps, lr 0.1 / 10 at 32k and 48k, momentum 0.9, weight decay 1e-4, 4-pixel
+pad + random 32x32 crop + flip, per-pixel mean; depth >= 110 warms up at lr 0.01 for 400 steps and
+scans its blocks.
 
 Paper test error (option A): ResNet-20 8.75%, 32 7.51%, 44 7.17%, 56 6.97%, 110 6.43% (best of 5; mean
 6.61 ± 0.16), 1202 7.93%; plain nets get worse with depth (Fig. 6). Our data copy is JPEG-re-encoded: a

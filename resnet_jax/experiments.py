@@ -10,7 +10,9 @@ tokens, e.g. "resnet110,A,smoke". Tokens:
   val                    CIFAR: hold out 5k training images as the test set (the paper's 45k/5k split)
   v1.5                   bottleneck nets: stride on the 3x3 conv, as torchvision
   batch=<N>              ImageNet at global batch N (Goyal et al. 2017): lr x N/256, 5-epoch linear
-                         warm-up, BN over groups of 32 examples, zero-init last BN of each block
+                         warm-up, BN over groups of 32 examples, zero-init last BN of each block.
+                         CIFAR at global batch N (not the paper's recipe): lr x N/128 and every step
+                         count x 128/N (same epochs); from N = 512 a 5-epoch linear warm-up
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def cifar_config(arg: str | None, dataset: str = "cifar10") -> ml_collections.Co
     toks = tokens(arg)
     is_smoke, holdout = pop_flag(toks, "smoke"), pop_flag(toks, "val")
     shortcut = pop_shortcut(toks)
+    batch = pop_int(toks, "batch")
     nets = [t for t in toks if t.startswith(("resnet", "plain"))]
     net = nets[0] if nets else "resnet20"
     toks = [t for t in toks if t != net]
@@ -128,9 +131,47 @@ def cifar_config(arg: str | None, dataset: str = "cifar10") -> ml_collections.Co
         c.schedule.warmup = "constant"
         c.schedule.warmup_steps = 400
         c.schedule.warmup_lr = 0.01
+    if batch is not None:
+        cifar_batch(c, batch)
     if is_smoke:
         smoke(c)
     return c
+
+
+CIFAR_BATCH = 128
+CIFAR_WARMUP_FROM_BATCH = 512
+
+
+def cifar_batch(c: ml_collections.ConfigDict, batch: int) -> None:
+    """The CIFAR recipe at global batch `batch`: linear lr scaling, the same epochs in fewer steps.
+
+    Not the paper's recipe (batch 128): a lever for accelerators that a batch of 128 leaves idle.
+    From batch 512 the learning rate also ramps up linearly over 5 epochs (Goyal et al. 2017).
+    """
+    counts = {
+        "num_train_steps": c.num_train_steps,
+        "eval_every_steps": c.eval_every_steps,
+        "checkpoint_every_steps": c.checkpoint_every_steps,
+        **{f"boundary {b}": b for b in c.schedule.boundaries},
+    }
+    if batch <= 0 or any(n * CIFAR_BATCH % batch for n in counts.values()):
+        raise ValueError(
+            f"CIFAR batch={batch} must divide the recipe's step counts scaled by 128 "
+            f"({', '.join(f'{k} {v}' for k, v in counts.items())}): use e.g. 256, 512 or 1024"
+        )
+    scale = lambda n: n * CIFAR_BATCH // batch  # noqa: E731
+    c.batch_size = batch
+    c.schedule.base_lr = c.schedule.base_lr * batch / CIFAR_BATCH
+    c.num_train_steps = scale(c.num_train_steps)
+    c.eval_every_steps = scale(c.eval_every_steps)
+    c.checkpoint_every_steps = scale(c.checkpoint_every_steps)
+    c.schedule.boundaries = tuple(scale(b) for b in c.schedule.boundaries)
+    if batch >= CIFAR_WARMUP_FROM_BATCH:
+        c.schedule.warmup = "linear"
+        c.schedule.warmup_steps = 0
+        c.schedule.warmup_epochs = 5.0
+    elif c.schedule.warmup_steps:
+        c.schedule.warmup_steps = max(1, scale(c.schedule.warmup_steps))
 
 
 def large_batch(c: ml_collections.ConfigDict, batch: int) -> None:

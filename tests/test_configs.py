@@ -33,6 +33,8 @@ CIFAR_ARGS = [
     "resnet110,smoke",
     "smoke",
     "resnet20,val",
+    "resnet20,batch=256",
+    "resnet110,batch=1024",
 ]
 IMAGENET_NET_ARGS = [None, "smoke", "batch=4096", "batch=1024,smoke"]
 CONFIG_ARGS: dict[str, list[str | None]] = {
@@ -55,6 +57,7 @@ BAD_ARGS = [
     ("imagenet_plain34", "B"),
     ("imagenet_r50", "smoek"),
     ("imagenet_r50", "batch=1000"),
+    ("cifar10", "resnet20,batch=384"),
 ]
 CASES = [(name, arg) for name, args in CONFIG_ARGS.items() for arg in args]
 
@@ -102,6 +105,21 @@ def test_cifar_recipe_matches_section_4_2():
     assert deep.model.scan_blocks and load("cifar10", "plain110").model.shortcut == "none"
     assert load("cifar10", "resnet20,val").data.val_split == 5_000
     assert load("cifar100", None).data.name == "cifar100"
+
+
+def test_cifar_batch_scales_the_recipe_to_the_same_epochs():
+    base, big = load("cifar10", "resnet56"), load("cifar10", "resnet56,batch=256")
+    assert (big.batch_size, big.schedule.base_lr, big.num_train_steps) == (256, 0.2, 32_000)
+    assert tuple(big.schedule.boundaries) == (16_000, 24_000) and big.schedule.warmup == "none"
+    assert (big.eval_every_steps, big.checkpoint_every_steps) == (500, 2_000)
+    assert big.num_train_steps * big.batch_size == base.num_train_steps * base.batch_size
+    deep = load("cifar10", "resnet110,batch=256")
+    assert (deep.schedule.warmup, deep.schedule.warmup_steps) == ("constant", 200)
+    huge = load("cifar10", "resnet20,batch=1024")
+    assert (huge.schedule.base_lr, huge.num_train_steps, huge.schedule.warmup) == (0.8, 8_000, "linear")
+    assert huge.schedule.warmup_epochs == 5.0 and huge.schedule.warmup_steps == 0
+    with pytest.raises(ValueError, match="CIFAR batch=384 must divide the recipe's step counts"):
+        load("cifar10", "resnet20,batch=384")
 
 
 def test_imagenet_recipe_matches_section_3_4():
