@@ -103,6 +103,10 @@ run_item() {
     profile_r20) # kernel time table of the ResNet-20 step at 20 steps/call
       item profile_r20 45 110 "${PROFILE[@]}" --config=configs/cifar10.py:resnet20 --steps_per_call=20 \
         --steps=40 --trace_dir="$WORK/traces/r20" --json="$WORK/profile_r20.json" ;;
+    profile_r20_graphs) # the same with CUDA graphs kept on while profiling (kernels may carry the graph's name)
+      item profile_r20_graphs 45 110 env XLA_FLAGS="--xla_enable_command_buffers_during_profiling=true" \
+        "${PROFILE[@]}" --config=configs/cifar10.py:resnet20 --steps_per_call=20 --steps=40 --group_by=kernel \
+        --trace_dir="$WORK/traces/r20_graphs" --json="$WORK/profile_r20_graphs.json" ;;
     profile_r50) # kernel time table of the ResNet-50 v1.5 step, batch 256
       item profile_r50 70 150 "${PROFILE[@]}" --config=configs/imagenet_r50.py:v1.5 --batch_size=256 \
         --steps=10 --trace_dir="$WORK/traces/r50" --json="$WORK/profile_r50.json" ;;
