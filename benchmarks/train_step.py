@@ -302,6 +302,43 @@ def measure(args, steps_per_call: int, log=print) -> dict:
     return row
 
 
+def count_flops(args) -> dict:
+    """XLA's cost analysis of the compiled step on this backend, without running it (--flops_only).
+
+    XLA:GPU's cost analysis leaves out the cuDNN convolutions, so the FLOPs of a GPU step are
+    counted by compiling the same step for the CPU, whose analysis counts them; nothing is run, so
+    any batch size compiles here. MFU = these FLOPs / a measured step time / the peak.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from resnet_jax import train
+    from resnet_jax.models import flops as flops_lib
+
+    cfg = build_config(args, 1)
+    t = time.perf_counter()
+    run = train.setup(cfg)
+    compiled = run.update.lower(run.abstract_state(), next(run.batches(0)), run.inputs.arrays).compile()
+    xla_flops, xla_bytes, loops = cost(compiled)
+    n_dev = len(jax.devices())
+    macs = flops_lib.count_macs(run.model, run.inputs.image_shape[0])
+    analytic = 6.0 * macs * cfg.batch_size
+    xla = xla_flops * n_dev if (xla_flops is not None and not loops) else None
+    return {
+        "config": args.config,
+        "overrides": list(args.set or []),
+        "batch_size": cfg.batch_size,
+        "dtype": jnp.dtype(run.dtype).name,
+        "backend": jax.default_backend(),
+        "lower_and_compile_s": time.perf_counter() - t,
+        "xla_flops_per_step": xla,
+        "xla_bytes_per_step": xla_bytes * n_dev if xla_bytes is not None else None,
+        "loops_hide_flops": loops,
+        "analytic_flops_per_step": analytic,
+        "xla_over_analytic": xla / analytic if xla else None,
+    }
+
+
 def fill_mfu(row: dict) -> None:
     step_s = row["step_ms"] / 1e3
     peak = row["peak_bf16_flops"]
@@ -389,6 +426,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--real_data", action="store_true", help="the config's data instead of synthetic")
     p.add_argument("--no_loop", dest="loop", action="store_false", help="skip the trainer-like loop timing")
     p.add_argument("--compilation_cache", action="store_true", help="allow the persistent compilation cache")
+    p.add_argument(
+        "--flops_only", action="store_true", help="compile, print XLA's FLOPs per step and exit (no run)"
+    )
     p.add_argument("--json", default="", help="write the rows and the environment here")
     return p.parse_args(argv)
 
@@ -397,6 +437,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     ks = [int(x) for x in str(args.steps_per_call).split(",") if x.strip()]
     env = environment()
+    if args.flops_only:
+        with compilation_cache(args.compilation_cache):
+            result = {"environment": env, "flops": count_flops(args)}
+        f = result["flops"]
+        print(
+            f"{args.config} batch {f['batch_size']} {f['dtype']} on {f['backend']}: XLA "
+            f"{fmt(f['xla_flops_per_step'], '.4g')} FLOPs/step, 6 x MACs {f['analytic_flops_per_step']:.4g} "
+            f"(ratio {fmt(f['xla_over_analytic'], '.3f')}), compiled in {f['lower_and_compile_s']:.1f} s"
+        )
+        if args.json:
+            pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            pathlib.Path(args.json).write_text(json.dumps(result, indent=2))
+        return result
     print(f"[{time.strftime('%H:%M:%S')}] jax {env['jax']} on {env['devices']}; load {env['load_average']}")
     rows = []
     with compilation_cache(args.compilation_cache):

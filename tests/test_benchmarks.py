@@ -46,6 +46,18 @@ def test_train_step_benchmark_writes_its_fields(tmp_path):
     assert row["device_count"] == 8 and row["mfu_xla"] is None  # CPU: no peak, no MFU
 
 
+def test_train_step_counts_xla_flops_without_running(tmp_path):
+    """--flops_only: XLA's count of the compiled step (here XLA:CPU's, which includes convolutions)."""
+    bench = load_benchmark("train_step")
+    out = tmp_path / "flops.json"
+    argv = ["--config=tests/configs/tiny.py", "--batch_size=8", "--set=data.image_size=16", "--flops_only"]
+    result = bench.main([*argv, "--compilation_cache", f"--json={out}"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result)) and "rows" not in result
+    f = result["flops"]
+    assert f["batch_size"] == 8 and f["dtype"] == "float32" and f["loops_hide_flops"] is False
+    assert 0.5 < f["xla_over_analytic"] < 1.5 and f["xla_flops_per_step"] > 0
+
+
 def test_peak_table_matches_device_kinds():
     bench = load_benchmark("train_step")
     assert bench.peak_bf16("NVIDIA H200", "gpu") == 989e12
