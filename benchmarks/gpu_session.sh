@@ -7,7 +7,8 @@
 # Needs: jax with CUDA, flax, optax, orbax-checkpoint, pillow; ml_collections and tensorboardX as wheels
 # in .whl/ (installed here into /tmp/site when they are not importable); the CIFAR-10 JPEG archive at
 # .data/cifar10-jpeg.tar.gz (CIFAR_TAR=... to change); for peer_r50, google/flax examples/imagenet in
-# .peer/flax/examples/imagenet (ignored; see benchmarks/peer_flax_imagenet.py). No TensorFlow anywhere.
+# .peer/flax/examples/imagenet (ignored; see benchmarks/peer_flax_imagenet.py); for peer_torch_*, torch
+# and torchvision (in the device image). No TensorFlow anywhere.
 # With the device tool (about 20 MiB travel; leave time for the machine's start in the 15 minutes):
 #   run(command="OUT=$OUT BUDGET_S=480 bash benchmarks/gpu_session.sh", carry=[".whl", ".data", ".peer"],
 #       timeout_s=560)
@@ -95,6 +96,12 @@ run_item() {
     peer_r50) # the flax example's own ResNet-50 v1.5 step, bf16, batch 256 (issue: 6,879 img/s)
       item peer_r50 60 150 python3 benchmarks/peer_flax_imagenet.py --batch_size=256 --steps=30 \
         --warmup=10 --repeats=3 --json="$WORK/peer_r50.json" ;;
+    peer_torch_eager) # torchvision resnet50, channels_last, bf16 autocast, eager (issue: 4,663 img/s)
+      item peer_torch_eager 45 120 python3 benchmarks/peer_torchvision.py --modes=eager \
+        --json="$WORK/peer_torch.json" ;;
+    peer_torch_compile) # the same under torch.compile (issue: 6,887 img/s); compiling takes minutes
+      item peer_torch_compile 150 300 python3 benchmarks/peer_torchvision.py --modes=compile \
+        --json="$WORK/peer_torch.json" ;;
     r50_v15) # ours, same settings (first session: 6,933 img/s)
       item r50_v15 60 170 "${BENCH[@]}" "${R50[@]}" --no_loop --json="$WORK/r50_v15.json" ;;
     r50_v15_stem4) # the channel-padded stem (model.stem_channels=4)
@@ -185,8 +192,8 @@ full_run() {
 }
 
 DEFAULT_ITEMS="r20_default r20_b256 r20_full_b256 peer_r50 r50_v15 r50_v15_stem4 profile_r20 r56_b256 \
-r20_cmdbuf_unroll r20_conv_fusion r20_f32 profile_r50 r20_cmdbuf_cudnn r20_concurrent r20_runtime_fusion \
-r20_nhwc r50_conv_fusion"
+r20_cmdbuf_unroll r20_conv_fusion r20_f32 peer_torch_eager profile_r50 r20_cmdbuf_cudnn r20_concurrent \
+r20_runtime_fusion r20_nhwc r50_conv_fusion peer_torch_compile"
 for name in ${ITEMS:-$DEFAULT_ITEMS}; do run_item "$name"; done
 
 log "summary"

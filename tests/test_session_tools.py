@@ -168,3 +168,18 @@ def test_peer_harness_says_where_to_put_the_peer_code(tmp_path):
     )
     assert out.returncode != 0
     assert "copy google/flax examples/imagenet there" in out.stderr
+
+
+def test_torch_peer_harness_times_a_training_step(tmp_path):
+    """The smoke mode (a small conv net, no torchvision) runs the same timed step on the CPU."""
+    script = ROOT / "benchmarks" / "peer_torchvision.py"
+    argv = ["--model=tiny", "--device=cpu", "--batch_size=4", "--image_size=16", "--modes=eager"]
+    argv += ["--steps=2", "--warmup=1", "--repeats=2", f"--json={tmp_path / 'peer_torch.json'}"]
+    subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, check=True)
+    row = json.loads((tmp_path / "peer_torch_eager.json").read_text())["peer"]
+    assert row["mode"] == "eager" and row["batch_size"] == 4 and len(row["step_ms_repeats"]) == 2
+    assert (
+        row["step_ms"] > 0
+        and abs(row["images_per_s"] - 4 / (row["step_ms"] / 1e3)) < 1e-6 * row["images_per_s"]
+    )
+    assert "| peer_torch_eager | torchvision tiny, channels_last, bf16 autocast, eager" in summary(tmp_path)
