@@ -50,10 +50,16 @@ def start(workdir, *extra) -> subprocess.Popen:
     )
 
 
-def finish(workdir, *extra) -> str:
-    out = subprocess.run(cli(workdir, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    return out.stdout + out.stderr
+def finish(workdir, capsys) -> str:
+    """Rerun the interrupted run to its end, in this process (the CLI's config); what it printed.
+
+    In-process to save a process start per test: the CLI itself is what `start` runs, and main.py
+    only parses flags and calls train_and_evaluate.
+    """
+    capsys.readouterr()
+    train.train_and_evaluate(tiny_config(**OVERRIDES), str(workdir))
+    captured = capsys.readouterr()
+    return captured.out + captured.err
 
 
 def deterministic_metrics(workdir) -> list[dict]:
@@ -73,7 +79,7 @@ def assert_same_run(a, b) -> None:
     assert deterministic_metrics(a) == deterministic_metrics(b)
 
 
-def test_kill_9_three_times_then_resume_is_bit_identical(straight, tmp_path):
+def test_kill_9_three_times_then_resume_is_bit_identical(straight, tmp_path, capsys):
     rng = random.Random(0)
     kills = 0
     while kills < 3:
@@ -95,12 +101,12 @@ def test_kill_9_three_times_then_resume_is_bit_identical(straight, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-    out = finish(tmp_path)
+    out = finish(tmp_path, capsys)
     assert "resuming from step" in out
     assert_same_run(straight, tmp_path)
 
 
-def test_sigterm_checkpoints_exits_0_and_resumes(straight, tmp_path):
+def test_sigterm_checkpoints_exits_0_and_resumes(straight, tmp_path, capsys):
     proc = start(tmp_path)
     deadline = time.time() + 300
     while not checkpoint_steps(tmp_path) and time.time() < deadline:
@@ -112,11 +118,11 @@ def test_sigterm_checkpoints_exits_0_and_resumes(straight, tmp_path):
         step = int(out.split("preempted at step ")[1].split(";")[0])
         assert "checkpoint saved; rerun the same command to resume" in out
         assert step in checkpoint_steps(tmp_path)
-    finish(tmp_path)
+    finish(tmp_path, capsys)
     assert_same_run(straight, tmp_path)
 
 
-def test_a_second_sigint_aborts_at_once_and_the_run_still_resumes(straight, tmp_path):
+def test_a_second_sigint_aborts_at_once_and_the_run_still_resumes(straight, tmp_path, capsys):
     """Ctrl-C twice: the second kills the process at once, without the stopping checkpoint.
 
     The second signal is sent only once the trainer has said it got the first (two signals that
@@ -144,16 +150,16 @@ def test_a_second_sigint_aborts_at_once_and_the_run_still_resumes(straight, tmp_
     assert time.time() - sent < 10, "the second SIGINT did not end the process at once"
     assert "Traceback" not in out + rest
     complete = max(checkpoint_steps(tmp_path))
-    resumed = finish(tmp_path)
+    resumed = finish(tmp_path, capsys)
     assert f"resuming from step {complete}" in resumed
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if not p.name.isdigit()]  # tmp cleaned
     assert_same_run(straight, tmp_path)
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(straight, tmp_path):
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(straight, tmp_path, capsys):
     train.train_and_evaluate(tiny_config(**{**OVERRIDES, "num_train_steps": 8}), str(tmp_path))
     damage_checkpoint(tmp_path, 8)
-    out = finish(tmp_path)
+    out = finish(tmp_path, capsys)
     assert f"checkpoint {tmp_path / 'checkpoints' / '8'} is unreadable" in out
     assert "resuming from step 6" in out
     assert list((tmp_path / "checkpoints").glob("8.damaged-*"))  # set aside, not deleted
