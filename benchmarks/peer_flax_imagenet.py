@@ -25,12 +25,14 @@ import argparse
 import datetime
 import functools
 import importlib
-import json
 import pathlib
 import statistics
 import sys
 import time
 import types
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from train_step import write_json  # noqa: E402
 
 STAND_INS = ("tensorflow", "tensorflow_datasets", "clu", "clu.metric_writers", "clu.periodic_actions")
 
@@ -170,8 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{row['step_ms']:.2f} ms/step, {row['images_per_s']:,.0f} img/s"
     )
     if args.json:
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.json).write_text(json.dumps({"peer": row}, indent=2))
+        write_json(args.json, {"peer": row})
     return row
 
 

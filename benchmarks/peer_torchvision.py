@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import pathlib
 import statistics
+import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from train_step import write_json  # noqa: E402
 
 
 def build_model(name: str, num_classes: int):
@@ -139,9 +142,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         if args.json:  # one file per row, the format session_summary.py reads ("peer")
             path = pathlib.Path(args.json)
-            path = path.with_name(f"{path.stem}_{mode}{path.suffix}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"peer": row}, indent=2))
+            write_json(path.with_name(f"{path.stem}_{mode}{path.suffix}"), {"peer": row})
     return rows
 
 

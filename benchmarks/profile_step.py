@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from train_step import _COMPUTATION, _HEAVY, build_config, environment  # noqa: E402
+from train_step import _COMPUTATION, _HEAVY, build_config, environment, write_json  # noqa: E402
 
 if TYPE_CHECKING:
     from jax.profiler import ProfileData
@@ -503,8 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"[{time.strftime('%H:%M:%S')}] jax {env['jax']} on {env['devices']}; load {env['load_average']}"
         )
         result = {"environment": env, **capture(args)}
-        pathlib.Path(trace_dir).mkdir(parents=True, exist_ok=True)
-        pathlib.Path(trace_dir, META).write_text(json.dumps(result, indent=2))
+        write_json(pathlib.Path(trace_dir, META), result)
     xplane = find_xplane(trace_dir)
     result.update(trace_dir=trace_dir, xplane=xplane)
     convs = frozenset(result.pop("conv_ops", ()))
@@ -529,8 +528,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["host_dispatch_ms_per_call"] = dispatch / 1e6 if dispatch is not None else None
         print(table(result))
     if args.json:
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return result
 
 

@@ -368,6 +368,13 @@ def environment() -> dict:
     }
 
 
+def write_json(path: str | pathlib.Path, obj: dict) -> None:
+    """Write a benchmark's result as indented JSON, creating the parent folder."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2))
+
+
 def fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
@@ -447,8 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"(ratio {fmt(f['xla_over_analytic'], '.3f')}), compiled in {f['lower_and_compile_s']:.1f} s"
         )
         if args.json:
-            pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            pathlib.Path(args.json).write_text(json.dumps(result, indent=2))
+            write_json(args.json, result)
         return result
     print(f"[{time.strftime('%H:%M:%S')}] jax {env['jax']} on {env['devices']}; load {env['load_average']}")
     rows = []
@@ -471,9 +477,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
             result = {"environment": {**env, "load_average_end": list(os.getloadavg())}, "rows": rows}
             if args.json:  # after every row: a timeout keeps what was measured
-                pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                with open(args.json, "w") as f:
-                    json.dump(result, f, indent=2)
+                write_json(args.json, result)
     print(table(rows))
     return result
 
