@@ -28,14 +28,13 @@ def model_name(r: dict) -> str:
     return name + (" (scan)" if r["scan_blocks"] else "")
 
 
-def step_table(files: list[pathlib.Path]) -> list[str]:
+def step_table(files: list[tuple[pathlib.Path, dict]]) -> list[str]:
     lines = [
         "| run | model | batch | dtype | data | steps/call | compile s | step ms | img/s | loop img/s "
         "| MFU (XLA) | MFU (6 x MACs) | XLA / 6 MACs |",
         "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for path in files:
-        d = json.loads(path.read_text())
+    for path, d in files:
         for r in d["rows"]:
             data = r["data"] + (" + augment" if r.get("augmented") else "")
             flags = d["environment"].get("xla_flags") or ""
@@ -76,13 +75,13 @@ def run_table(dirs: list[pathlib.Path]) -> list[str]:
     return lines
 
 
-def peer_table(files: list[pathlib.Path]) -> list[str]:
+def peer_table(files: list[tuple[pathlib.Path, dict]]) -> list[str]:
     lines = [
         "| run | peer | batch | dtype | device | compile s | step ms | img/s |",
         "|---|---|---:|---|---|---:|---:|---:|",
     ]
-    for path in files:
-        r = json.loads(path.read_text())["peer"]
+    for path, d in files:
+        r = d["peer"]
         dtype = r["dtype"] + (" + loss scaling" if r["dynamic_scale"] else "")
         lines.append(
             f"| {path.stem} | {r['peer']} ({r.get('peer_source') or '?'}) | {r['batch_size']} | {dtype} | "
@@ -92,11 +91,10 @@ def peer_table(files: list[pathlib.Path]) -> list[str]:
     return lines
 
 
-def profile_tables(files: list[pathlib.Path], top: int = 8) -> list[str]:
+def profile_tables(files: list[tuple[pathlib.Path, dict]], top: int = 8) -> list[str]:
     """Per profile_step.py JSON: step time, busy fraction, kernels, categories and the top ops."""
     lines = []
-    for path in files:
-        d = json.loads(path.read_text())
+    for path, d in files:
         p = d["profile"]
         cats = ", ".join(f"{c['category']} {c['share']:.0%}" for c in p["categories"] if c["ms_per_step"] > 0)
         lines += [
@@ -120,20 +118,22 @@ def profile_tables(files: list[pathlib.Path], top: int = 8) -> list[str]:
 
 def main(argv: list[str]) -> None:
     out = pathlib.Path(argv[1] if len(argv) > 1 else ".")
-    files = sorted(
-        (p for p in out.glob("*.json") if "rows" in json.loads(p.read_text() or "{}")),
-        key=lambda p: p.stat().st_mtime,
-    )
+    loaded = [(p, json.loads(p.read_text() or "{}")) for p in sorted(out.glob("*.json"))]
+
+    def holding(key: str) -> list[tuple[pathlib.Path, dict]]:
+        return [(p, d) for p, d in loaded if key in d]
+
+    files = sorted(holding("rows"), key=lambda pd: pd[0].stat().st_mtime)
     if files:
-        env = json.loads(files[0].read_text())["environment"]
+        env = files[0][1]["environment"]
         print(f"devices: {env['devices']}; jax {env['jax']}, flax {env['flax']}, python {env['python']}")
         print(f"date (UTC): {env['date_utc']}\n")
         print("\n".join(step_table(files)))
-    peers = sorted(p for p in out.glob("*.json") if "peer" in json.loads(p.read_text() or "{}"))
+    peers = holding("peer")
     if peers:
         print()
         print("\n".join(peer_table(peers)))
-    profiles = sorted(p for p in out.glob("*.json") if "profile" in json.loads(p.read_text() or "{}"))
+    profiles = holding("profile")
     if profiles:
         print()
         print("\n".join(profile_tables(profiles)))
