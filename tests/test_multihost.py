@@ -59,6 +59,14 @@ def start_pair(workdir, *extra: str) -> list[subprocess.Popen]:
     ]
 
 
+def finish_pair(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
+    """Wait for both processes; each must exit 0. Their outputs, process 0's first."""
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
 def test_when_one_process_dies_the_other_stops_naming_it(tmp_path):
     long_run = ["--config.num_train_steps=100000", "--config.eval_every_steps=100000"]
     procs = start_pair(
@@ -89,9 +97,7 @@ def test_two_processes_match_one_process_and_resume_a_preemption_of_one_of_them(
     single, straight, preempted = tmp_path / "single", tmp_path / "straight", tmp_path / "preempted"
     train.train_and_evaluate(tiny_config(**overrides), str(single))
     procs = start_pair(straight, *flags)
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    outputs = finish_pair(procs)
     assert "8 cpu device(s)" in outputs[0] and "done: step 8" in outputs[0]
     assert "done: step" not in outputs[1] and "step 2/8" not in outputs[1]  # only process 0 reports
     a, b = restore_state(single, 4), restore_state(straight, 4)
@@ -109,18 +115,14 @@ def test_two_processes_match_one_process_and_resume_a_preemption_of_one_of_them(
             assert time.time() < deadline and procs[0].poll() is None, procs[0].communicate()[0][-3000:]
             time.sleep(0.05)
         procs[1].send_signal(signal.SIGTERM)
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-        for p, out in zip(procs, outputs, strict=True):
-            assert p.returncode == 0, out[-3000:]
+        outputs = finish_pair(procs, timeout=300)
         if "preempted at step" in outputs[0]:
             break
         shutil.rmtree(preempted)  # the pair finished before the signal arrived: start over
     stopped = int(outputs[0].split("preempted at step ")[1].split(";")[0])
     assert 2 <= stopped < 8 and stopped % 2 == 0 and stopped in checkpoint_steps(preempted)
     procs = start_pair(preempted, *flags)
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    outputs = finish_pair(procs)
     assert f"resuming from step {stopped}" in outputs[0] and "done: step 8" in outputs[0]
     assert_trees_equal(restore_state(straight, 8), restore_state(preempted, 8))
     assert [r.get("train/loss") for r in read_metrics(straight)] == [
@@ -151,9 +153,7 @@ def test_two_processes_stream_a_tfds_dataset_and_evaluate_every_image_once(tiny_
     procs = start_pair(tmp_path, *(f"--config.{k}={v}" for k, v in overrides.items()))
     run = train.setup(tiny_config(**overrides))  # one process, 8 devices: the initial state evaluated
     one = train.evaluate(run.init(), run.inputs, run.evaluate_step, run.mesh)
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    outputs = finish_pair(procs)
     assert "8 cpu device(s)" in outputs[0] and "done: step 2" in outputs[0]
     (two,) = [r for r in read_metrics(tmp_path) if "eval/count" in r]
     assert one["eval/count"] == two["eval/count"] == TINY_TFDS_VAL
