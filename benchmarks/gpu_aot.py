@@ -1,0 +1,393 @@
+"""Compile the trainer's training step for an NVIDIA GPU without one, and count what it launches.
+
+    python benchmarks/gpu_aot.py --config=configs/cifar10.py:resnet20 --dtype bfloat16 --steps_per_call 1,20
+    python benchmarks/gpu_aot.py --config=configs/imagenet_r50.py:v1.5 --dtype bfloat16 --batch_size 256
+    python benchmarks/gpu_aot.py ... --target benchmarks/gpu_targets/h200_sxm.txtpb --dump /tmp/aot_dump
+
+Deviceless ahead-of-time compilation: jax's CPU backend runs the Python side, and the CUDA PJRT
+plugin (jax-cuda13-plugin, which needs no GPU, no driver and no cuDNN/cuBLAS to compile) makes a
+compile-only client from a GPU target description (a GpuTargetConfigProto in text format,
+benchmarks/gpu_targets/). XLA:GPU then runs its whole pipeline for that card; the PTX goes
+through the ptxas found on PATH (or CUDA's own folders). No autotuning happens without a device:
+cuDNN convolutions keep algorithm -1 (chosen at run time) and GEMMs take XLA's default choices, so
+kernel *choices* inside a cuDNN/cuBLAS call may differ from a device compile; the fusion and thunk
+structure is the compiler's own.
+
+The step is the trainer's own: `train.setup(cfg)` (with benchmarks/train_step.py's config
+overrides) builds `run.update`, lowered on the state's and a batch's shapes exactly as
+train_step.py's count_flops does. Only where arrays would live changes: the mesh is the target's
+(compile-only) devices and the data arrays are ShapeDtypeStructs on it.
+
+Counts come from XLA's dumps of the compiled module: the thunk sequence (what the GPU executable
+runs: kernels, cuDNN/cuBLAS calls, copies, loops, command buffers) and the optimized HLO (fusions by
+kind, custom calls by target, copies, transposes, collectives, while loops, command-buffer calls).
+
+To describe the real card instead of the spec-sheet file, on a GPU machine:
+    python benchmarks/gpu_aot.py --dump_target_config /tmp/h100_real.txtpb
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import pathlib
+import re
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+DEFAULT_TARGET = ROOT / "benchmarks" / "gpu_targets" / "h100_sxm.txtpb"
+COLLECTIVES = (
+    "all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
+    "collective-broadcast", "ragged-all-to-all",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU target.
+
+
+def dump_target_config(path: str) -> None:
+    """Write the local GPU's target description (run on a machine with the GPU)."""
+    import jax
+    from jax._src.lib import _jax as xc  # jax's own test reads it the same way
+
+    text = xc.get_topology_for_devices(jax.devices()).target_config
+    pathlib.Path(path).write_text(text if isinstance(text, str) else text.decode())
+    print(f"wrote {path} ({jax.devices()[0].device_kind})")
+
+
+def gpu_mesh(target: str):
+    """A 1-D `data` mesh over the compile-only devices of a one-GPU topology of `target`."""
+    import jax
+    from jax.experimental import topologies
+
+    jax.config.update("jax_platforms", "cpu")  # the Python side runs on the CPU backend
+    topo = topologies.get_topology_desc(
+        platform="cuda", target_config=pathlib.Path(target).read_text(), topology="1x1x1"
+    )
+    devices = topo.devices
+    return jax.sharding.Mesh(
+        __import__("numpy").array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+    )
+
+
+@contextlib.contextmanager
+def on_mesh(mesh):
+    """train.setup and Run.batches with `mesh` for the run's mesh, and abstract arrays on it.
+
+    The compile-only devices hold no data: device_put and make_array_from_process_local_data give
+    ShapeDtypeStructs with the sharding they were asked for, which is all that lowering reads.
+    """
+    import jax
+    import numpy as np
+
+    from resnet_jax import train
+
+    def abstract(x, sharding=None, *a, **k):
+        x = np.asarray(x)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    def from_local(sharding, value, *a, **k):
+        value = np.asarray(value)
+        return jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
+
+    saved = (train.create_mesh, jax.device_put, jax.make_array_from_process_local_data, jax.device_count)
+    train.create_mesh = lambda: mesh
+    jax.device_put = abstract
+    jax.make_array_from_process_local_data = from_local
+    jax.device_count = lambda *a: mesh.devices.size
+    try:
+        yield
+    finally:
+        train.create_mesh, jax.device_put, jax.make_array_from_process_local_data, jax.device_count = saved
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the compiled module.
+
+
+def parse_thunks(text: str) -> dict:
+    """What the executable runs, from a thunk-sequence dump (indentation nests thunks).
+
+    The host issues the top-level thunks in order, and for a kWhile its condition's and body's
+    direct children once per iteration. A kCommandBuffer is one CUDA-graph launch of everything
+    nested in it; other thunks (kConvolution: a cuDNN call, kKernel/kCustomKernel: one kernel,
+    kCopy: a device copy) are issued one by one. `host_issued_per_call` counts those issues for one
+    call of the executable (loop bodies times their trip count, from `trip_counts`, else once).
+    """
+    nodes = []  # (indent, kind, name, parent, section)
+    section_at = {}  # indent of a "condition:"/"body:" header -> its name
+    for line in text.splitlines():
+        h = re.match(r"(\s*)(condition|body):\s*$", line)
+        if h:
+            section_at = {i: n for i, n in section_at.items() if i < len(h.group(1))}
+            section_at[len(h.group(1))] = h.group(2)
+            continue
+        m = re.match(r"(\s*)\d+: (k\w+)\s+\[.*?\]\s*(\S+)?", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        parent = next((i for i in range(len(nodes) - 1, -1, -1) if nodes[i][0] < indent), None)
+        section = None
+        if parent is not None and nodes[parent][1] == "kWhile":
+            section = next((n for at, n in sorted(section_at.items(), reverse=True) if at < indent), "body")
+        nodes.append((indent, m.group(2), m.group(3) or "", parent, section))
+
+    def children(parent, section=None):
+        c = collections.Counter()
+        for _, kind, _, p, sec in nodes:
+            if p == parent and (section is None or sec == section):
+                c[kind] += 1
+        return c
+
+    def inside(kind_of_ancestor):
+        c = collections.Counter()
+        for _, kind, _, p, _ in nodes:
+            while p is not None and nodes[p][1] != kind_of_ancestor:
+                p = nodes[p][3]
+            if p is not None:
+                c[kind] += 1
+        return c
+
+    kernels = collections.Counter(
+        re.sub(r"(_\d+)+$", "", name) for _, kind, name, _, _ in nodes if kind in ("kKernel", "kCustomKernel")
+    )
+    loops = [
+        {"condition": dict(children(i, "condition")), "body": dict(children(i, "body"))}
+        for i, n in enumerate(nodes)
+        if n[1] == "kWhile"
+    ]
+    return {
+        "top_level": dict(children(None).most_common()),
+        "while_loops": loops,
+        "in_command_buffers": dict(inside("kCommandBuffer").most_common()),
+        "all": dict(collections.Counter(n[1] for n in nodes).most_common()),
+        "kernel_thunks": sum(kernels.values()),
+        "kernels_by_fusion_name": dict(kernels.most_common(15)),
+    }
+
+
+def host_issued(thunks: dict, trip_counts: list[int]) -> int:
+    """Thunks the host issues per call (command buffer = 1; loop children x trip count)."""
+    top = sum(n for k, n in thunks["top_level"].items())
+    for loop, trips in zip(
+        thunks["while_loops"], trip_counts or [1] * len(thunks["while_loops"]), strict=False
+    ):
+        top += trips * (sum(loop["condition"].values()) + sum(loop["body"].values()))
+    return top
+
+
+_COMP = re.compile(r"^(ENTRY )?%?([\w.\-]+) (?:\([^\n]*?\) -> [^\n]*?)?\{\n(.*?)^\}", re.M | re.S)
+_INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
+
+
+def _opcode(rhs: str) -> str:
+    """The opcode of an HLO instruction's right-hand side (after its shape, tuples included)."""
+    end = rhs.find(" ")
+    if rhs.startswith("("):
+        depth = 0
+        for end, ch in enumerate(rhs, 1):  # noqa: B007 - `end` is read after the loop
+            depth += (ch == "(") - (ch == ")")
+            if depth == 0:
+                break
+    m = re.match(r"\s*([\w\-]+)\(", rhs[end:])
+    return m.group(1) if m else "?"
+
+
+def parse_hlo(hlo: str) -> dict:
+    """Counts over the computations the executable runs (entry, loop bodies, branches, calls)."""
+    comps, entry = {}, None
+    for m in _COMP.finditer(hlo):
+        comps[m.group(2)] = m.group(3)
+        if m.group(1):
+            entry = m.group(2)
+    ops = collections.Counter()
+    fusion_kinds = collections.Counter()
+    custom_calls = collections.Counter()
+    fusion_cc = collections.Counter()  # fusions that are library calls or custom kernels
+    per_comp = {}
+    command_buffers = 0
+    seen, stack = set(), [entry]
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in comps:
+            continue
+        seen.add(name)
+        n_here = 0
+        for line in comps[name].splitlines():
+            m = _INSTR.match(line)
+            if not m:
+                continue
+            rhs = m.group(2)
+            op = _opcode(rhs)
+            ops[op] += 1
+            n_here += 1
+            if op == "fusion":
+                kind = re.search(r"kind=(k\w+)", rhs)
+                fusion_kinds[kind.group(1) if kind else "?"] += 1
+                fk = re.search(r'"fusion_backend_config":\{"kind":"([^"]+)"', rhs)
+                if fk:
+                    fusion_cc[fk.group(1)] += 1
+            elif op == "custom-call":
+                t = re.search(r'custom_call_target="([^"]+)"', rhs)
+                custom_calls[t.group(1) if t else "?"] += 1
+            if op == "while":
+                stack += re.findall(r"(?:body|condition)=%?([\w.\-]+)", rhs)
+            elif op == "conditional":
+                b = re.search(r"branch_computations=\{([^}]*)\}", rhs)
+                stack += [x.strip().lstrip("%") for x in b.group(1).split(",")] if b else []
+                stack += re.findall(r"(?:true|false)_computation=%?([\w.\-]+)", rhs)
+            elif op in ("call", "async-start") or op.endswith("-start"):
+                called = re.findall(r"(?:to_apply|calls)=%?([\w.\-]+)", rhs)
+                if op == "call" and any("command_buffer" in c for c in called):
+                    command_buffers += 1
+                stack += called
+        per_comp[name] = n_here
+    collectives = {
+        op: n for op, n in ops.items() if op.replace("-start", "").replace("-done", "") in COLLECTIVES
+    }
+    return {
+        "computations_run": len(seen),
+        "fusions": ops["fusion"],
+        "fusion_kinds": dict(fusion_kinds.most_common()),
+        "fusion_backend_kinds": dict(fusion_cc.most_common()),
+        "custom_calls": dict(custom_calls.most_common()),
+        "copies": ops["copy"] + ops["copy-start"],
+        "transposes": ops["transpose"],
+        "collectives": collectives,
+        "while_loops": ops["while"],
+        "while_trip_counts": [int(n) for n in re.findall(r'"known_trip_count":\{"n":"(\d+)"\}', hlo)],
+        "conditionals": ops["conditional"],
+        "command_buffer_calls": command_buffers,
+        "command_buffer_in_text": "command_buffer" in hlo,
+        "opcodes": dict(ops.most_common()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# One row.
+
+
+def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
+    import jax
+    import train_step as ts
+
+    from resnet_jax import train
+
+    cfg = ts.build_config(args, k)
+    with on_mesh(mesh):
+        run = train.setup(cfg)
+        state = run.abstract_state()
+        batch = next(run.batches(0))
+        arrays = run.inputs.arrays
+    t = time.perf_counter()
+    lowered = run.update.lower(state, batch, arrays)
+    lower_s = time.perf_counter() - t
+    dump = (
+        dump_root / f"{pathlib.Path(args.config.split(':')[0]).stem}_{cfg.model.depth}_b{cfg.batch_size}_k{k}"
+    )
+    dump.mkdir(parents=True, exist_ok=True)
+    options = {"xla_dump_to": str(dump)}
+    t = time.perf_counter()
+    compiled = lowered.compile(compiler_options=options)
+    compile_s = time.perf_counter() - t
+    hlo = compiled.as_text()
+    (dump / "optimized_hlo.txt").write_text(hlo)
+
+    def newest(pattern):
+        files = sorted(dump.glob(pattern))
+        return parse_thunks(files[-1].read_text()) if files else None
+
+    thunks = newest("*jit_*step*.thunk_sequence_after_thunk_passes.txt")  # as run
+    thunks_before = newest("*jit_*step*.thunk_sequence.txt")  # before command buffers
+    mem = ts.memory(compiled)
+    h = parse_hlo(hlo)
+    if thunks:
+        thunks["host_issued_per_call"] = host_issued(thunks, h["while_trip_counts"])
+    return {
+        "config": args.config,
+        "family": cfg.model.family,
+        "depth": cfg.model.depth,
+        "dtype": str(jax.numpy.dtype(run.dtype)),
+        "batch_size": cfg.batch_size,
+        "steps_per_call": k,
+        "device_kind": mesh.devices.flat[0].device_kind,
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        "thunks": thunks,
+        "thunks_before_thunk_passes": thunks_before,
+        "hlo": h,
+        "memory": mem,
+        "dump": str(dump),
+    }
+
+
+def summary(r: dict) -> str:
+    h, t = r["hlo"], r["thunks"] or {}
+    conv = sum(n for c, n in h["custom_calls"].items() if "cudnn" in c.lower())
+    gemm = sum(n for c, n in h["custom_calls"].items() if "cublas" in c.lower() or "gemm" in c.lower())
+    fmt = lambda d: ", ".join(f"{k}={v}" for k, v in (d or {}).items())  # noqa: E731
+    trips = h["while_trip_counts"] or ["?"] * len(t.get("while_loops", []))
+    loops = "".join(
+        f"; while x{n}: condition ({fmt(lp['condition'])}), body ({fmt(lp['body'])})"
+        for lp, n in zip(t.get("while_loops", []), trips, strict=False)
+    )
+    issued = t.get("host_issued_per_call")
+    per_step = f"{issued / r['steps_per_call']:.1f}" if issued else "-"
+    name = f"{r['family']}-{r['depth']} b{r['batch_size']} k{r['steps_per_call']} {r['dtype']}"
+    return (
+        f"{name} on {r['device_kind']}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s\n"
+        f"  thunks: all ({fmt(t.get('all'))}); top level ({fmt(t.get('top_level'))}){loops}\n"
+        f"  inside command buffers ({fmt(t.get('in_command_buffers'))}); "
+        f"host-issued per call {issued if issued else '-'}, per step {per_step}\n"
+        f"  HLO: {h['fusions']} fusions ({fmt(h['fusion_kinds'])}; {fmt(h['fusion_backend_kinds'])}), "
+        f"custom calls: cudnn {conv}, cublas/gemm {gemm} ({fmt(h['custom_calls'])}), "
+        f"copies {h['copies']}, transposes {h['transposes']}, collectives {sum(h['collectives'].values())}, "
+        f"while {h['while_loops']}, conditionals {h['conditionals']}, "
+        f"command-buffer calls in HLO {h['command_buffer_calls']}"
+    )
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="", help="configs/<file>.py[:arg], as for train_step.py")
+    p.add_argument("--batch_size", type=int, default=0)
+    p.add_argument("--dtype", default="")
+    p.add_argument("--steps_per_call", default="1", help="comma list, one compile each")
+    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--real_data", action="store_true")
+    p.add_argument("--target", default=str(DEFAULT_TARGET), help="GpuTargetConfigProto text file")
+    p.add_argument("--dump", default="", help="keep XLA's dumps here (default: a temporary folder)")
+    p.add_argument("--json", default="")
+    p.add_argument("--dump_target_config", default="", help="write this GPU's target description and exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.dump_target_config:
+        dump_target_config(args.dump_target_config)
+        return []
+    if not args.config:
+        raise SystemExit("--config is required")
+    mesh = gpu_mesh(args.target)
+    dump_root = pathlib.Path(args.dump or tempfile.mkdtemp(prefix="gpu_aot_"))
+    rows = []
+    for k in [int(x) for x in args.steps_per_call.split(",") if x.strip()]:
+        row = compile_row(args, mesh, k, dump_root)
+        rows.append(row)
+        print(summary(row), flush=True)
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
