@@ -159,8 +159,19 @@ def parse_thunks(text: str) -> dict:
     kernels = collections.Counter(
         re.sub(r"(_\d+)+$", "", name) for _, kind, name, _, _ in nodes if kind in ("kKernel", "kCustomKernel")
     )
+
+    def in_command_buffer(i):
+        p = nodes[i][3]
+        while p is not None and nodes[p][1] != "kCommandBuffer":
+            p = nodes[p][3]
+        return p is not None
+
     loops = [
-        {"condition": dict(children(i, "condition")), "body": dict(children(i, "body"))}
+        {
+            "condition": dict(children(i, "condition")),
+            "body": dict(children(i, "body")),
+            "in_command_buffer": in_command_buffer(i),
+        }
         for i, n in enumerate(nodes)
         if n[1] == "kWhile"
     ]
@@ -175,12 +186,14 @@ def parse_thunks(text: str) -> dict:
 
 
 def host_issued(thunks: dict, trip_counts: list[int]) -> int:
-    """Thunks the host issues per call (command buffer = 1; loop children x trip count)."""
+    """Thunks the host issues per call: a command buffer is one launch, whatever it holds (loops
+    included); a loop outside one issues its condition's and body's children every iteration."""
     top = sum(n for k, n in thunks["top_level"].items())
     for loop, trips in zip(
         thunks["while_loops"], trip_counts or [1] * len(thunks["while_loops"]), strict=False
     ):
-        top += trips * (sum(loop["condition"].values()) + sum(loop["body"].values()))
+        if not loop.get("in_command_buffer"):
+            top += trips * (sum(loop["condition"].values()) + sum(loop["body"].values()))
     return top
 
 
@@ -232,9 +245,14 @@ def parse_hlo(hlo: str) -> dict:
             if op == "fusion":
                 kind = re.search(r"kind=(k\w+)", rhs)
                 fusion_kinds[kind.group(1) if kind else "?"] += 1
-                fk = re.search(r'"fusion_backend_config":\{"kind":"([^"]+)"', rhs)
+                fk = re.search(r'"fusion_backend_config":\{[^\n]*?"kind":"([^"]+)"', rhs)
+                called = re.search(r"calls=%?([\w.\-]+)", rhs)
                 if fk:
                     fusion_cc[fk.group(1)] += 1
+                elif (
+                    kind and kind.group(1) == "kCustom"
+                ):  # e.g. conv_fprop_fusion_comp: XLA's own conv kernels
+                    fusion_cc[re.sub(r"[._]\d+", "", called.group(1)) if called else "?"] += 1
             elif op == "custom-call":
                 t = re.search(r'custom_call_target="([^"]+)"', rhs)
                 custom_calls[t.group(1) if t else "?"] += 1
@@ -271,6 +289,43 @@ def parse_hlo(hlo: str) -> dict:
     }
 
 
+STEP_MODULES = ("jit_train_step", "jit_multi_step")  # the trainer's update (1 / several steps a call)
+
+
+def read_dump(dump: pathlib.Path, modules: tuple[str, ...] = STEP_MODULES) -> dict:
+    """Counts of the newest training-step module in an XLA dump folder.
+
+    Works on this script's compile-only dumps and on a real GPU run's (`XLA_FLAGS=--xla_dump_to=DIR`):
+    the thunk sequence as run (after the thunk passes that form command buffers; the sequence
+    before them when XLA wrote no second file) and the optimized HLO.
+    """
+    dump = pathlib.Path(dump)
+
+    def module_no(f: pathlib.Path) -> int:
+        m = re.match(r"module_(\d+)\.", f.name)
+        return int(m.group(1)) if m else -1
+
+    hlos = [f for f in dump.glob("module_*gpu_after_optimizations.txt") if f.name.split(".")[1] in modules]
+    if not hlos:
+        raise SystemExit(
+            f"no optimized HLO of {' or '.join(modules)} in {dump} (XLA_FLAGS=--xla_dump_to=...)"
+        )
+    hlo_file = max(hlos, key=module_no)
+    prefix = hlo_file.name.split(".")[0] + "." + hlo_file.name.split(".")[1]
+    after = dump / f"{prefix}.thunk_sequence_after_thunk_passes.txt"
+    before = dump / f"{prefix}.thunk_sequence.txt"
+    thunks = parse_thunks((after if after.exists() else before).read_text()) if before.exists() else None
+    h = parse_hlo(hlo_file.read_text())
+    if thunks:
+        thunks["host_issued_per_call"] = host_issued(thunks, h["while_trip_counts"])
+    return {
+        "module": prefix,
+        "thunks": thunks,
+        "thunks_before_thunk_passes": parse_thunks(before.read_text()) if before.exists() else None,
+        "hlo": h,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # One row.
 
@@ -298,19 +353,8 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
     t = time.perf_counter()
     compiled = lowered.compile(compiler_options=options)
     compile_s = time.perf_counter() - t
-    hlo = compiled.as_text()
-    (dump / "optimized_hlo.txt").write_text(hlo)
-
-    def newest(pattern):
-        files = sorted(dump.glob(pattern))
-        return parse_thunks(files[-1].read_text()) if files else None
-
-    thunks = newest("*jit_*step*.thunk_sequence_after_thunk_passes.txt")  # as run
-    thunks_before = newest("*jit_*step*.thunk_sequence.txt")  # before command buffers
+    counts = read_dump(dump)
     mem = ts.memory(compiled)
-    h = parse_hlo(hlo)
-    if thunks:
-        thunks["host_issued_per_call"] = host_issued(thunks, h["while_trip_counts"])
     return {
         "config": args.config,
         "family": cfg.model.family,
@@ -321,37 +365,44 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
         "device_kind": mesh.devices.flat[0].device_kind,
         "lower_s": lower_s,
         "compile_s": compile_s,
-        "thunks": thunks,
-        "thunks_before_thunk_passes": thunks_before,
-        "hlo": h,
+        **counts,
         "memory": mem,
         "dump": str(dump),
     }
 
 
-def summary(r: dict) -> str:
+def counts_text(r: dict, steps_per_call: int = 1) -> str:
+    """The thunk and HLO counts of one row (or of `read_dump`'s result), three lines."""
     h, t = r["hlo"], r["thunks"] or {}
     conv = sum(n for c, n in h["custom_calls"].items() if "cudnn" in c.lower())
     gemm = sum(n for c, n in h["custom_calls"].items() if "cublas" in c.lower() or "gemm" in c.lower())
     fmt = lambda d: ", ".join(f"{k}={v}" for k, v in (d or {}).items())  # noqa: E731
     trips = h["while_trip_counts"] or ["?"] * len(t.get("while_loops", []))
     loops = "".join(
-        f"; while x{n}: condition ({fmt(lp['condition'])}), body ({fmt(lp['body'])})"
+        f"; while x{n}{' (in a command buffer)' if lp.get('in_command_buffer') else ''}: "
+        f"condition ({fmt(lp['condition'])}), body ({fmt(lp['body'])})"
         for lp, n in zip(t.get("while_loops", []), trips, strict=False)
     )
     issued = t.get("host_issued_per_call")
-    per_step = f"{issued / r['steps_per_call']:.1f}" if issued else "-"
-    name = f"{r['family']}-{r['depth']} b{r['batch_size']} k{r['steps_per_call']} {r['dtype']}"
+    per_step = f"{issued / steps_per_call:.1f}" if issued else "-"
     return (
-        f"{name} on {r['device_kind']}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s\n"
         f"  thunks: all ({fmt(t.get('all'))}); top level ({fmt(t.get('top_level'))}){loops}\n"
         f"  inside command buffers ({fmt(t.get('in_command_buffers'))}); "
         f"host-issued per call {issued if issued else '-'}, per step {per_step}\n"
-        f"  HLO: {h['fusions']} fusions ({fmt(h['fusion_kinds'])}; {fmt(h['fusion_backend_kinds'])}), "
+        f"  HLO: {h['fusions']} fusions ({fmt(h['fusion_kinds'])}), "
+        f"custom fusions ({fmt(h['fusion_backend_kinds'])}), "
         f"custom calls: cudnn {conv}, cublas/gemm {gemm} ({fmt(h['custom_calls'])}), "
         f"copies {h['copies']}, transposes {h['transposes']}, collectives {sum(h['collectives'].values())}, "
         f"while {h['while_loops']}, conditionals {h['conditionals']}, "
         f"command-buffer calls in HLO {h['command_buffer_calls']}"
+    )
+
+
+def summary(r: dict) -> str:
+    name = f"{r['family']}-{r['depth']} b{r['batch_size']} k{r['steps_per_call']} {r['dtype']}"
+    return (
+        f"{name} on {r['device_kind']}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s\n"
+        + counts_text(r, r["steps_per_call"])
     )
 
 
@@ -367,6 +418,7 @@ def parse_args(argv):
     p.add_argument("--dump", default="", help="keep XLA's dumps here (default: a temporary folder)")
     p.add_argument("--json", default="")
     p.add_argument("--dump_target_config", default="", help="write this GPU's target description and exit")
+    p.add_argument("--from_dump", default="", help="only read an XLA dump folder (e.g. of a real GPU run)")
     return p.parse_args(argv)
 
 
@@ -375,8 +427,16 @@ def main(argv=None) -> list[dict]:
     if args.dump_target_config:
         dump_target_config(args.dump_target_config)
         return []
+    if args.from_dump:
+        row = {"dump": args.from_dump, **read_dump(pathlib.Path(args.from_dump))}
+        k = max(1, *row["hlo"]["while_trip_counts"]) if row["hlo"]["while_trip_counts"] else 1
+        print(f"{row['module']} in {args.from_dump} ({k} steps per call, from its loop's trip count)")
+        print(counts_text(row, k), flush=True)
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps([row], indent=2))
+        return [row]
     if not args.config:
-        raise SystemExit("--config is required")
+        raise SystemExit("--config is required (or --from_dump DIR, or --dump_target_config FILE)")
     mesh = gpu_mesh(args.target)
     dump_root = pathlib.Path(args.dump or tempfile.mkdtemp(prefix="gpu_aot_"))
     rows = []
