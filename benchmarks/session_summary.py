@@ -3,9 +3,9 @@
     python3 benchmarks/session_summary.py $OUT
 
 Reads every train_step.py JSON (`*.json` with "rows"), peer_flax_imagenet.py JSON (with "peer"),
-profile_step.py JSON (with "profile"), the full training runs (`*/summary.json` and `*/metrics.jsonl`)
-and `skipped.txt`, and prints a table of training steps, one of peer steps, the top ops of each
-profile and a table of runs.
+profile_step.py JSON (with "profile"), gpu_aot.py JSON (a list of rows with "thunks"), the full
+training runs (`*/summary.json` and `*/metrics.jsonl`) and `skipped.txt`, and prints a table of
+training steps, one of peer steps, the top ops of each profile, one of launch counts and one of runs.
 """
 
 from __future__ import annotations
@@ -116,34 +116,72 @@ def profile_tables(files: list[tuple[pathlib.Path, dict]], top: int = 8) -> list
     return lines
 
 
+def aot_table(files: list[tuple[pathlib.Path, list]]) -> list[str]:
+    """gpu_aot.py rows: what the compiled step launches (compile-only, or read from a real run's dump)."""
+    lines = [
+        "| run | module | steps/call | host-issued launches per call | per step | top level "
+        "| cuDNN calls | fusions |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for path, rows in files:
+        for r in rows:
+            t, h = r.get("thunks") or {}, r["hlo"]
+            k = r.get("steps_per_call") or max(h["while_trip_counts"] or [1])
+            issued = t.get("host_issued_per_call")
+            top = ", ".join(f"{n} {kind}" for kind, n in (t.get("top_level") or {}).items())
+            cudnn = sum(n for c, n in h["custom_calls"].items() if "cudnn" in c.lower())
+            lines.append(
+                f"| {path.stem} | {r.get('module') or r.get('config', '?')} | {k} | {fmt(issued, ',')} | "
+                f"{fmt(issued / k if issued else None, '.1f')} | {top or '-'} | {cudnn} | {h['fusions']} |"
+            )
+    return lines
+
+
+def header(files: list[tuple[pathlib.Path, dict]]) -> list[str]:
+    env = files[0][1]["environment"]
+    return [
+        f"devices: {env['devices']}; jax {env['jax']}, flax {env['flax']}, python {env['python']}",
+        f"date (UTC): {env['date_utc']}",
+        "",
+    ]
+
+
 def main(argv: list[str]) -> None:
     out = pathlib.Path(argv[1] if len(argv) > 1 else ".")
-    loaded = [(p, json.loads(p.read_text() or "{}")) for p in sorted(out.glob("*.json"))]
+    loaded = []
+    for p in sorted(out.glob("*.json")):
+        try:
+            loaded.append((p, json.loads(p.read_text() or "{}")))
+        except ValueError as e:
+            print(f"(unreadable {p.name}: {e})")
 
     def holding(key: str) -> list[tuple[pathlib.Path, dict]]:
-        return [(p, d) for p, d in loaded if key in d]
+        return [(p, d) for p, d in loaded if isinstance(d, dict) and key in d]
 
     files = sorted(holding("rows"), key=lambda pd: pd[0].stat().st_mtime)
-    if files:
-        env = files[0][1]["environment"]
-        print(f"devices: {env['devices']}; jax {env['jax']}, flax {env['flax']}, python {env['python']}")
-        print(f"date (UTC): {env['date_utc']}\n")
-        print("\n".join(step_table(files)))
-    peers = holding("peer")
-    if peers:
-        print()
-        print("\n".join(peer_table(peers)))
-    profiles = holding("profile")
-    if profiles:
-        print()
-        print("\n".join(profile_tables(profiles)))
-    runs = sorted(p.parent for p in out.glob("*/metrics.jsonl"))
-    if runs:
-        print()
-        print("\n".join(run_table(runs)))
+    aot = [
+        (p, d) for p, d in loaded if isinstance(d, list) and d and isinstance(d[0], dict) and "thunks" in d[0]
+    ]
+    sections = [
+        (files, lambda f: header(f) + step_table(f)),
+        (holding("peer"), peer_table),
+        (holding("profile"), profile_tables),
+        (aot, aot_table),
+        (sorted(p.parent for p in out.glob("*/metrics.jsonl")), run_table),
+    ]
+    for inputs, make in sections:
+        if not inputs:
+            continue
+        try:  # one malformed result costs its own table, not the others
+            print("\n".join(make(inputs)) + "\n")
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            names = ", ".join(
+                getattr(x[0], "name", str(x[0])) if isinstance(x, tuple) else x.name for x in inputs
+            )
+            print(f"(could not summarise {names}: {type(e).__name__} {e})\n")
     skipped = out / "skipped.txt"
     if skipped.exists():
-        print("\nskipped or failed:\n" + skipped.read_text())
+        print("skipped or failed:\n" + skipped.read_text())
 
 
 if __name__ == "__main__":
