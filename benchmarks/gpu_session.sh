@@ -85,9 +85,33 @@ PROFILE=(python3 benchmarks/profile_step.py --dtype=bfloat16)
 R50=(--config=configs/imagenet_r50.py:v1.5 --batch_size=256 --steps=30 --warmup=10 --repeats=3)
 R20=(--config=configs/cifar10.py:resnet20 --steps_per_call=20 --steps=200 --warmup=20 --no_loop)
 
-# r20_flags NAME FLAGS: ResNet-20 at 20 steps/call (the full recipe's regime), synthetic, under XLA_FLAGS.
+# XLA's own convolution kernels instead of cuDNN calls, and loops recorded into the CUDA graph. Compiled
+# for an H100 without a GPU (benchmarks/gpu_aot.py, BENCHMARKS.md), the ResNet-20 step at 20 steps a call
+# goes from ~100 host-issued launches a step (56 cuDNN calls between 40 graphs) to one launch a call.
+CONV_FUSION="--xla_gpu_experimental_enable_conv_fusion=true"
+CONV_FUSION_WHILE="$CONV_FUSION --xla_gpu_enable_command_buffer=+WHILE"
+
+# r20_flags NAME FLAGS [EST CAP]: ResNet-20 at 20 steps/call (the full recipe's regime), synthetic, under XLA_FLAGS.
 r20_flags() {
-  item "r20_$1" 25 60 env XLA_FLAGS="$2" "${BENCH[@]}" "${R20[@]}" --json="$WORK/r20_$1.json"
+  item "r20_$1" "${3:-25}" "${4:-60}" env XLA_FLAGS="$2" "${BENCH[@]}" "${R20[@]}" --json="$WORK/r20_$1.json"
+}
+
+# fastest_r20: the XLA_FLAGS of the fastest ResNet-20 step measured so far in this session among
+# r20_default, r20_conv_fusion and r20_conv_fusion_while ("" when none ran).
+fastest_r20() {
+  python3 - "$WORK" "$CONV_FUSION" "$CONV_FUSION_WHILE" <<'PY'
+import json, pathlib, sys
+work, flags = pathlib.Path(sys.argv[1]), {"default": "", "conv_fusion": sys.argv[2], "conv_fusion_while": sys.argv[3]}
+ms = {}
+for name in flags:
+    try:
+        ms[name] = json.loads((work / f"r20_{name}.json").read_text())["rows"][0]["step_ms"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        pass
+best = min(ms, key=ms.get) if ms else "default"
+print(f"fastest ResNet-20 step: {best} {ms}", file=sys.stderr)
+print(flags[best])
+PY
 }
 
 run_item() {
@@ -118,6 +142,24 @@ run_item() {
       item profile_r50 70 150 "${PROFILE[@]}" --config=configs/imagenet_r50.py:v1.5 --batch_size=256 \
         --steps=10 --trace_dir="$WORK/traces/r50" --json="$WORK/profile_r50.json" ;;
     r20_default) r20_flags default "" ;;
+    r20_conv_fusion) r20_flags conv_fusion "$CONV_FUSION" 50 150 ;; # compiles XLA's conv kernels: slower compile
+    r20_conv_fusion_while) r20_flags conv_fusion_while "$CONV_FUSION_WHILE" 50 150 ;;
+    r20_full_best) # the paper's recipe (batch 128) under the flags of the fastest step above (target <= 90 s)
+      FULL_XLA_FLAGS=$(fastest_r20) full_run r20_full_best resnet20 "$R20_STEPS_PER_CALL" 140 230 ;;
+    r56_conv_fusion_while) # ResNet-56 step under the same flags (5-minute target: 64k x step time)
+      item r56_conv_fusion_while 60 150 env XLA_FLAGS="$CONV_FUSION_WHILE" "${BENCH[@]}" \
+        --config=configs/cifar10.py:resnet56 --steps_per_call=20 --steps=100 --warmup=20 --no_loop \
+        --json="$WORK/r56_conv_fusion_while.json" ;;
+    aot_check) # gpu_aot.py checked against the card: its target description, then the ResNet-20 step (20
+      # steps/call) compiled without the GPU from it and compiled for real (XLA's dump), counted alike
+      # shellcheck disable=SC2016 # the inner script expands its own arguments
+      item aot_check 60 150 bash -c 'w=$1; shift
+        python3 benchmarks/gpu_aot.py --dump_target_config "$w/gpu_target.txtpb" || exit 1
+        python3 benchmarks/gpu_aot.py --config=configs/cifar10.py:resnet20 --dtype=bfloat16 --steps_per_call=20 \
+          --target="$w/gpu_target.txtpb" --json="$w/aot_check_deviceless.json"
+        XLA_FLAGS="--xla_dump_to=$w/dump_r20" "$@" --steps=40 --repeats=1 --json="$w/aot_check_run.json" &&
+          python3 benchmarks/gpu_aot.py --from_dump "$w/dump_r20" --json="$w/aot_check_real.json"
+        rc=$?; rm -rf "$w/dump_r20"; exit $rc' _ "$WORK" "${BENCH[@]}" "${R20[@]}" ;;
     r20_b256) # the recipe at batch 256 (configs/cifar10.py:resnet20,batch=256: lr 0.2, 32k steps)
       item r20_b256 25 60 "${BENCH[@]}" --config=configs/cifar10.py:resnet20,batch=256 --steps_per_call=20 \
         --steps=200 --warmup=20 --no_loop --json="$WORK/r20_b256.json" ;;
@@ -129,7 +171,6 @@ run_item() {
     r20_cmdbuf_unroll) r20_flags cmdbuf_unroll "--xla_gpu_command_buffer_unroll_loops=true" ;;
     r20_cmdbuf_cudnn) r20_flags cmdbuf_cudnn "--xla_gpu_enable_command_buffer=+CUDNN" ;;
     r20_concurrent) r20_flags concurrent "--xla_gpu_graph_enable_concurrent_region=true" ;;
-    r20_conv_fusion) r20_flags conv_fusion "--xla_gpu_experimental_enable_conv_fusion=true" ;;
     r20_runtime_fusion) r20_flags runtime_fusion "--xla_gpu_use_runtime_fusion=true" ;;
     r20_nhwc) r20_flags nhwc "--xla_gpu_force_conv_nhwc=true" ;;
     r20_f32) # float32 convolutions (TF32) instead of bf16: small-channel convs may prefer them
@@ -191,9 +232,9 @@ full_run() {
   fi
 }
 
-DEFAULT_ITEMS="r20_default r20_b256 r20_full_b256 peer_r50 r50_v15 r50_v15_stem4 profile_r20 r56_b256 \
-r20_cmdbuf_unroll r20_conv_fusion r20_f32 peer_torch_eager profile_r50 r20_cmdbuf_cudnn r20_concurrent \
-r20_runtime_fusion r20_nhwc r50_conv_fusion peer_torch_compile"
+DEFAULT_ITEMS="r20_default r20_conv_fusion r20_conv_fusion_while r20_full_best peer_r50 r50_v15 r50_conv_fusion \
+r56_conv_fusion_while aot_check r20_b256 r20_full_b256 profile_r20 r50_v15_stem4 r56_b256 r20_f32 peer_torch_eager \
+profile_r50 r20_cmdbuf_unroll r20_concurrent r20_runtime_fusion r20_nhwc peer_torch_compile"
 for name in ${ITEMS:-$DEFAULT_ITEMS}; do run_item "$name"; done
 
 log "summary"

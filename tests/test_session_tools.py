@@ -183,3 +183,33 @@ def test_torch_peer_harness_times_a_training_step(tmp_path):
         and abs(row["images_per_s"] - 4 / (row["step_ms"] / 1e3)) < 1e-6 * row["images_per_s"]
     )
     assert "| peer_torch_eager | torchvision tiny, channels_last, bf16 autocast, eager" in summary(tmp_path)
+
+
+def test_summary_counts_the_launches_of_gpu_aot_rows(tmp_path):
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_aot.py"),
+         f"--from_dump={ROOT / 'tests' / 'data' / 'gpu_aot' / 'default'}", f"--json={tmp_path / 'aot.json'}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    text = summary(tmp_path)
+    assert "| aot | module_0001.jit_multi_step | 3 | 21 | 7.0 | 2 kCommandBuffer, 1 kWhile | 2 | 6 |" in text
+
+
+def test_the_full_run_takes_the_flags_of_the_fastest_resnet20_step(tmp_path):
+    """r20_full_best reads the session's r20_* step times; a tiny budget skips the run itself."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name, ms in (("default", 1.7), ("conv_fusion", 1.2), ("conv_fusion_while", 1.3)):
+        (work / f"r20_{name}.json").write_text(json.dumps({"rows": [{"step_ms": ms}]}))
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(work), "BUDGET_S": "1"}
+    out = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_session.sh")],
+        env={**env, "ITEMS": "r20_full_best"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "fastest ResNet-20 step: conv_fusion {'default': 1.7, 'conv_fusion': 1.2" in out.stderr
+    assert "r20_full_best: skipped" in (work / "skipped.txt").read_text()
+    # these made-up results lack most fields: their table says so, the rest of the summary is kept
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "(could not summarise r20_" in text
+    assert "r20_conv_fusion_while.json: KeyError 'environment')" in text
+    assert "r20_full_best: skipped" in text
