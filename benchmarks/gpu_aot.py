@@ -22,6 +22,12 @@ Counts come from XLA's dumps of the compiled module: the thunk sequence (what th
 runs: kernels, cuDNN/cuBLAS calls, copies, loops, command buffers) and the optimized HLO (fusions by
 kind, custom calls by target, copies, transposes, collectives, while loops, command-buffer calls).
 
+Needs jax's CUDA plugin (jax-cuda13-plugin and jax-cuda13-pjrt, the installed jax's version, without
+the [with-cuda] extra) and CUDA 13's ptxas and libcudart: BENCHMARKS.md says how. To count what a real
+run compiled, dump it and read the dump (any machine, no plugin needed):
+    XLA_FLAGS=--xla_dump_to=/tmp/d python benchmarks/train_step.py ...
+    python benchmarks/gpu_aot.py --from_dump /tmp/d
+
 To describe the real card instead of the spec-sheet file, on a GPU machine:
     python benchmarks/gpu_aot.py --dump_target_config /tmp/h100_real.txtpb
 """
@@ -69,9 +75,15 @@ def gpu_mesh(target: str):
     from jax.experimental import topologies
 
     jax.config.update("jax_platforms", "cpu")  # the Python side runs on the CPU backend
-    topo = topologies.get_topology_desc(
-        platform="cuda", target_config=pathlib.Path(target).read_text(), topology="1x1x1"
-    )
+    try:
+        topo = topologies.get_topology_desc(
+            platform="cuda", target_config=pathlib.Path(target).read_text(), topology="1x1x1"
+        )
+    except NotImplementedError:
+        raise SystemExit(
+            f"compiling for a GPU needs jax's CUDA plugin: pip install jax-cuda13-plugin=={jax.__version__} "
+            f"jax-cuda13-pjrt=={jax.__version__} (no GPU needed; use a separate environment, BENCHMARKS.md)"
+        ) from None
     devices = topo.devices
     return jax.sharding.Mesh(
         __import__("numpy").array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
