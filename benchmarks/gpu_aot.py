@@ -69,15 +69,16 @@ def dump_target_config(path: str) -> None:
     print(f"wrote {path} ({jax.devices()[0].device_kind})")
 
 
-def gpu_mesh(target: str):
-    """A 1-D `data` mesh over the compile-only devices of a one-GPU topology of `target`."""
+def gpu_mesh(target: str, topology: str = "1x1x1"):
+    """A 1-D `data` mesh over the compile-only devices of `topology` (slices x hosts x GPUs per host)
+    of `target` GPUs."""
     import jax
     from jax.experimental import topologies
 
     jax.config.update("jax_platforms", "cpu")  # the Python side runs on the CPU backend
     try:
         topo = topologies.get_topology_desc(
-            platform="cuda", target_config=pathlib.Path(target).read_text(), topology="1x1x1"
+            platform="cuda", target_config=pathlib.Path(target).read_text(), topology=topology
         )
     except NotImplementedError:
         raise SystemExit(
@@ -427,6 +428,7 @@ def parse_args(argv):
     p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--real_data", action="store_true")
     p.add_argument("--target", default=str(DEFAULT_TARGET), help="GpuTargetConfigProto text file")
+    p.add_argument("--topology", default="1x1x1", help="slices x hosts x GPUs per host, e.g. 1x1x8")
     p.add_argument("--dump", default="", help="keep XLA's dumps here (default: a temporary folder)")
     p.add_argument("--json", default="")
     p.add_argument("--dump_target_config", default="", help="write this GPU's target description and exit")
@@ -449,7 +451,7 @@ def main(argv=None) -> list[dict]:
         return [row]
     if not args.config:
         raise SystemExit("--config is required (or --from_dump DIR, or --dump_target_config FILE)")
-    mesh = gpu_mesh(args.target)
+    mesh = gpu_mesh(args.target, args.topology)
     dump_root = pathlib.Path(args.dump or tempfile.mkdtemp(prefix="gpu_aot_"))
     rows = []
     for k in [int(x) for x in args.steps_per_call.split(",") if x.strip()]:
