@@ -189,10 +189,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def topk_errors(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-example top-1 and top-5 error indicators (float32)."""
+    """Per-example top-1 and top-5 error indicators (float32); a NaN score makes an example wrong.
+
+    The rank counts classes that beat the label's score; every comparison with NaN is false, so
+    without the NaN check a diverged model (NaN logits) would score 0% error.
+    """
     label_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
     rank = jnp.sum(scores > label_score, axis=-1)  # how many classes beat the label
-    return (rank >= 1).astype(jnp.float32), (rank >= 5).astype(jnp.float32)
+    nan = jnp.isnan(scores).any(axis=-1)
+    return ((rank >= 1) | nan).astype(jnp.float32), ((rank >= 5) | nan).astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------

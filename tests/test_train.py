@@ -138,6 +138,14 @@ def test_eval_counts_every_example_once_with_an_uneven_last_batch():
     assert result["eval/loss"] == pytest.approx(loss, rel=1e-5)
 
 
+def test_nan_scores_count_as_errors():
+    """A diverged model's NaN logits are wrong at top-1 and top-5, not right (NaN compares false)."""
+    scores = jnp.array([[0.0, 1.0, 2.0], [jnp.nan, jnp.nan, jnp.nan], [3.0, jnp.nan, 0.0]])
+    top1, top5 = train.topk_errors(scores, jnp.array([2, 0, 0]))
+    np.testing.assert_array_equal(top1, [0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(top5, [0.0, 1.0, 1.0])
+
+
 def test_ten_crop_eval_averages_softmax_over_crops():
     model = models.create("cifar", 8, "A", 10)
     x = jax.random.normal(jax.random.key(0), (3, 2, 32, 32, 3))
