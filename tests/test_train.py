@@ -216,9 +216,10 @@ def test_steps_per_call_fuses_steps_without_changing_them(tmp_path):
     train.train_and_evaluate(tiny_config(**big), str(one))
     train.train_and_evaluate(tiny_config(steps_per_call=2, **big), str(fused))
     a, b = restore_state(one, 4), restore_state(fused, 4)
-    # XLA compiles a step inside the scan differently: float32 rounding differs (max ~1.5e-5 here);
+    # XLA compiles a step inside the scan differently: float32 rounding differs (max ~1.5e-5 on jax
+    # 0.10.2; up to ~1e-4 on jax 0.11.2, whose XLA:CPU fuses convolutions into YNNPACK calls);
     # a skipped, repeated or reordered step would differ by ~1e-2.
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4), a, b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=3e-4), a, b)
     losses = [[r["train/loss"] for r in read_metrics(d) if "train/loss" in r] for d in (one, fused)]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
