@@ -8,6 +8,7 @@ replicated over the mesh's `data` axis; every batch is sharded over it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -189,10 +190,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def topk_errors(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-example top-1 and top-5 error indicators (float32)."""
+    """Per-example top-1 and top-5 error indicators (float32); a NaN score makes an example wrong.
+
+    The rank counts classes that beat the label's score; every comparison with NaN is false, so
+    without the NaN check a diverged model (NaN logits) would score 0% error.
+    """
     label_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
     rank = jnp.sum(scores > label_score, axis=-1)  # how many classes beat the label
-    return (rank >= 1).astype(jnp.float32), (rank >= 5).astype(jnp.float32)
+    nan = jnp.isnan(scores).any(axis=-1)
+    return ((rank >= 1) | nan).astype(jnp.float32), ((rank >= 5) | nan).astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -705,103 +711,112 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     update, evaluate_step, schedule, k = run.update, run.evaluate_step, run.schedule, cfg.steps_per_call
 
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    writer.truncate(start_step)
-    clock = ProgressClock(total_steps, start_step, cfg.batch_size, num_devices, clock_state)
-    writer.console(
-        f"{cfg.model.family} ResNet-{cfg.model.depth} ({cfg.model.shortcut}), {params_count:,} params, "
-        f"{inputs.num_train:,} train / {inputs.num_eval:,} eval images, {total_steps:,} steps "
-        f"({total_steps / steps_per_epoch:.1f} epochs) at batch {cfg.batch_size} on {num_devices} "
-        f"{jax.devices()[0].device_kind} device(s), {jnp.dtype(run.dtype).name}"
-        + (f"; resuming from step {start_step}" if start_step else "")
-    )
-
-    batches = run.batches(start_step)
-    total = pending_metrics(clock_state.get("pending_metrics"))
-    last_eval: dict = {}
-    best_error = clock_state.get("best_eval_top1_error") or math.inf
-    last_good_checkpoint = mngr.latest_step() or "none"
-    step = start_step
-    with Preemption() as preemption:
-        while step < total_steps:
-            if profile and step == profile[0]:
-                jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
-            batch = next(batches)
-            if step == start_step:
-                t0 = time.perf_counter()
-                state, metrics = update(state, batch, inputs.arrays)
-                jax.block_until_ready(state)
-                writer.console(f"first step compiled and ran in {time.perf_counter() - t0:.1f} s")
-                clock.start(step + k)
-            else:
-                state, metrics = update(state, batch, inputs.arrays)
-            total = accumulate(total, metrics)
-            step += k
-            if profile and step == profile[1]:
-                jax.block_until_ready(state)
-                jax.profiler.stop_trace()
-
-            final = step >= total_steps
-            do_log = step % cfg.log_every_steps == 0 or final
-            # Several processes agree on preemption at log steps (a collective); one checks every step.
-            stop = preemption.should_stop() if do_log or jax.process_count() == 1 else False
-            do_eval = step % cfg.eval_every_steps == 0 or final
-            do_ckpt = step % cfg.checkpoint_every_steps == 0 or final or stop
-            if do_log:
-                summed = check_finite(jax.device_get(total), last_good_checkpoint, cfg.nan_policy)
-                total = None
-                record = clock.log(step, summed, float(schedule(step - 1)), steps_per_epoch)
-                writer.write(step, record)
-                writer.console(clock.progress_line(step, record))
-            if do_eval:
-                last_eval = evaluate(state, inputs, evaluate_step, mesh)
-                # A new best is checkpointed so that it is kept (the `keep_checkpoints` latest + the best).
-                do_ckpt = do_ckpt or last_eval["eval/top1_error"] < best_error
-                best_error = min(best_error, last_eval["eval/top1_error"])
-                writer.write(step, {"epoch": step / steps_per_epoch, **last_eval})
-                writer.console(
-                    f"eval at step {step}: loss {last_eval['eval/loss']:.4f}, top-1 error "
-                    f"{last_eval['eval/top1_error']:.2f}%, top-5 error {last_eval['eval/top5_error']:.2f}%"
-                )
-            if do_ckpt:
-                pending = None  # the sums of a log interval cut by this checkpoint are kept in it
-                if total is not None:
-                    summed = check_finite(jax.device_get(total), last_good_checkpoint, cfg.nan_policy)
-                    pending = {key: value.item() for key, value in summed.items()}
-                try:
-                    clock_state = {**clock.state(best_error), "pending_metrics": pending}
-                    save_checkpoint(mngr, state, clock_state, last_eval if do_eval else None)
-                except Exception as e:  # noqa: BLE001 - includes the previous async write's error
-                    raise checkpoint_failure(mngr, step, e) from e
-                last_good_checkpoint = step
-                writer.sync()  # remote workdirs: TensorBoard events follow the checkpoints
-            if do_eval or do_ckpt:
-                clock.start(step)  # throughput counts training time only
-            if stop and not final:
-                mngr.wait_until_finished()
-                mngr.close()
-                writer.console(
-                    f"preempted at step {step}; checkpoint saved; rerun the same command to resume"
-                )
-                writer.close()
-                return {"done": False, "step": step}
-    if not last_eval:  # resumed a run that had already finished
-        last_eval = evaluate(state, inputs, evaluate_step, mesh)
     try:
-        mngr.wait_until_finished()
-    except Exception as e:  # noqa: BLE001
-        raise checkpoint_failure(mngr, step, e) from e
-    mngr.close()
-    summary = {
-        "done": True,
-        "step": step,
-        "final_eval_loss": last_eval.get("eval/loss"),
-        "final_eval_top1_error": last_eval.get("eval/top1_error"),
-        "final_eval_top5_error": last_eval.get("eval/top5_error"),
-        "best_eval_top1_error": best_error if math.isfinite(best_error) else None,
-        "final_train_top1_error": clock.last_train_error,
-        "params": params_count,
-        **clock.summary(),
-    }
-    writer.summary(summary)
-    writer.close()
-    return summary
+        writer.truncate(start_step)
+        clock = ProgressClock(total_steps, start_step, cfg.batch_size, num_devices, clock_state)
+        writer.console(
+            f"{cfg.model.family} ResNet-{cfg.model.depth} ({cfg.model.shortcut}), {params_count:,} params, "
+            f"{inputs.num_train:,} train / {inputs.num_eval:,} eval images, {total_steps:,} steps "
+            f"({total_steps / steps_per_epoch:.1f} epochs) at batch {cfg.batch_size} on {num_devices} "
+            f"{jax.devices()[0].device_kind} device(s), {jnp.dtype(run.dtype).name}"
+            + (f"; resuming from step {start_step}" if start_step else "")
+        )
+
+        batches = run.batches(start_step)
+        total = pending_metrics(clock_state.get("pending_metrics"))
+        last_eval: dict = {}
+        best_error = clock_state.get("best_eval_top1_error") or math.inf
+        last_good_checkpoint = mngr.latest_step() or "none"
+        step = start_step
+        with Preemption() as preemption:
+            while step < total_steps:
+                if profile and step == profile[0]:
+                    jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
+                batch = next(batches)
+                if step == start_step:
+                    t0 = time.perf_counter()
+                    state, metrics = update(state, batch, inputs.arrays)
+                    jax.block_until_ready(state)
+                    writer.console(f"first step compiled and ran in {time.perf_counter() - t0:.1f} s")
+                    clock.start(step + k)
+                else:
+                    state, metrics = update(state, batch, inputs.arrays)
+                total = accumulate(total, metrics)
+                step += k
+                if profile and step == profile[1]:
+                    jax.block_until_ready(state)
+                    jax.profiler.stop_trace()
+
+                final = step >= total_steps
+                do_log = step % cfg.log_every_steps == 0 or final
+                # Several processes agree on preemption at log steps (a collective); one checks every step.
+                stop = preemption.should_stop() if do_log or jax.process_count() == 1 else False
+                do_eval = step % cfg.eval_every_steps == 0 or final
+                do_ckpt = step % cfg.checkpoint_every_steps == 0 or final or stop
+                if do_log:
+                    summed = check_finite(jax.device_get(total), last_good_checkpoint, cfg.nan_policy)
+                    total = None
+                    record = clock.log(step, summed, float(schedule(step - 1)), steps_per_epoch)
+                    writer.write(step, record)
+                    writer.console(clock.progress_line(step, record))
+                if do_eval:
+                    last_eval = evaluate(state, inputs, evaluate_step, mesh)
+                    # A new best is checkpointed so that it is kept (the `keep_checkpoints` latest
+                    # + the best).
+                    do_ckpt = do_ckpt or last_eval["eval/top1_error"] < best_error
+                    best_error = min(best_error, last_eval["eval/top1_error"])
+                    writer.write(step, {"epoch": step / steps_per_epoch, **last_eval})
+                    writer.console(
+                        f"eval at step {step}: loss {last_eval['eval/loss']:.4f}, top-1 error "
+                        f"{last_eval['eval/top1_error']:.2f}%, "
+                        f"top-5 error {last_eval['eval/top5_error']:.2f}%"
+                    )
+                if do_ckpt:
+                    pending = None  # the sums of a log interval cut by this checkpoint are kept in it
+                    if total is not None:
+                        summed = check_finite(jax.device_get(total), last_good_checkpoint, cfg.nan_policy)
+                        pending = {key: value.item() for key, value in summed.items()}
+                    try:
+                        clock_state = {**clock.state(best_error), "pending_metrics": pending}
+                        save_checkpoint(mngr, state, clock_state, last_eval if do_eval else None)
+                    except Exception as e:  # noqa: BLE001 - includes the previous async write's error
+                        raise checkpoint_failure(mngr, step, e) from e
+                    last_good_checkpoint = step
+                    writer.sync()  # remote workdirs: TensorBoard events follow the checkpoints
+                if do_eval or do_ckpt:
+                    clock.start(step)  # throughput counts training time only
+                if stop and not final:
+                    mngr.wait_until_finished()
+                    mngr.close()
+                    writer.console(
+                        f"preempted at step {step}; checkpoint saved; rerun the same command to resume"
+                    )
+                    writer.close()
+                    return {"done": False, "step": step}
+        if not last_eval:  # resumed a run that had already finished
+            last_eval = evaluate(state, inputs, evaluate_step, mesh)
+        try:
+            mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise checkpoint_failure(mngr, step, e) from e
+        mngr.close()
+        summary = {
+            "done": True,
+            "step": step,
+            "final_eval_loss": last_eval.get("eval/loss"),
+            "final_eval_top1_error": last_eval.get("eval/top1_error"),
+            "final_eval_top5_error": last_eval.get("eval/top5_error"),
+            "best_eval_top1_error": best_error if math.isfinite(best_error) else None,
+            "final_train_top1_error": clock.last_train_error,
+            "params": params_count,
+            **clock.summary(),
+        }
+        writer.summary(summary)
+        writer.close()
+        return summary
+    except BaseException:
+        # Close now, not in tensorboardX's exit hook: under Python 3.12 a writer that has written nothing
+        # yet cannot start its queue's thread at interpreter shutdown and prints a traceback.
+        with contextlib.suppress(Exception):  # keep the error that got us here
+            writer.close()
+        raise

@@ -139,6 +139,16 @@ def test_the_cli_exits_2_with_one_sentence_and_no_traceback(tmp_path):
         assert "Traceback" not in err
 
 
+def test_a_run_that_fails_before_its_first_metric_exits_1_without_a_traceback(tmp_path):
+    """Non-finite loss at the first log: one sentence, exit 1, and no traceback at interpreter exit (the
+    TensorBoard writer is closed on the error path; Python 3.12 cannot start its thread from atexit)."""
+    proc = cli("--config=tests/configs/tiny.py", f"--workdir={tmp_path}", "--config.schedule.base_lr=1e30")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, (out, err)
+    assert err.strip().startswith("error: non-finite loss at step"), err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 def test_trains_with_tensorflow_unavailable(tmp_path):
     """Image folders and synthetic data need neither tensorflow nor tensorflow_datasets."""
     block = (

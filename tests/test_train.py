@@ -138,6 +138,14 @@ def test_eval_counts_every_example_once_with_an_uneven_last_batch():
     assert result["eval/loss"] == pytest.approx(loss, rel=1e-5)
 
 
+def test_nan_scores_count_as_errors():
+    """A diverged model's NaN logits are wrong at top-1 and top-5, not right (NaN compares false)."""
+    scores = jnp.array([[0.0, 1.0, 2.0], [jnp.nan, jnp.nan, jnp.nan], [3.0, jnp.nan, 0.0]])
+    top1, top5 = train.topk_errors(scores, jnp.array([2, 0, 0]))
+    np.testing.assert_array_equal(top1, [0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(top5, [0.0, 1.0, 1.0])
+
+
 def test_ten_crop_eval_averages_softmax_over_crops():
     model = models.create("cifar", 8, "A", 10)
     x = jax.random.normal(jax.random.key(0), (3, 2, 32, 32, 3))
@@ -208,9 +216,10 @@ def test_steps_per_call_fuses_steps_without_changing_them(tmp_path):
     train.train_and_evaluate(tiny_config(**big), str(one))
     train.train_and_evaluate(tiny_config(steps_per_call=2, **big), str(fused))
     a, b = restore_state(one, 4), restore_state(fused, 4)
-    # XLA compiles a step inside the scan differently: float32 rounding differs (max ~1.5e-5 here);
+    # XLA compiles a step inside the scan differently: float32 rounding differs (max ~1.5e-5 on jax
+    # 0.10.2; up to ~1e-4 on jax 0.11.2, whose XLA:CPU fuses convolutions into YNNPACK calls);
     # a skipped, repeated or reordered step would differ by ~1e-2.
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4), a, b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=3e-4), a, b)
     losses = [[r["train/loss"] for r in read_metrics(d) if "train/loss" in r] for d in (one, fused)]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
