@@ -340,15 +340,24 @@ def train_step(
     new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     if skip_nonfinite:  # keep the old weights, move on to the next batch
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state.replace(step=state.step + 1))
+        # ...but the optimizer's step counters (its integer leaves: the lr schedule's count) advance with
+        # `step`, else every skipped step would shift the lr schedule (and the boundaries) one step later.
+        new = new.replace(opt_state=jax.tree.map(keep_counters, new.opt_state, opt_state))
     top1, _ = topk_errors(logits.astype(jnp.float32), labels)
+    # The sums cover the steps that were applied: a skipped step's loss and errors are not counted.
     metrics = {
         "loss": jnp.where(finite, loss, 0.0) * labels.shape[0],
-        "top1_errors": top1.sum(),
-        "count": jnp.float32(labels.shape[0]),
+        "top1_errors": jnp.where(finite, top1.sum(), 0.0),
+        "count": jnp.where(finite, jnp.float32(labels.shape[0]), 0.0),
         "nonfinite": (~finite).astype(jnp.int32),
         "first_nonfinite": jnp.where(finite, jnp.int32(2**30), state.step),
     }
     return new, metrics
+
+
+def keep_counters(kept: jax.Array, updated: jax.Array) -> jax.Array:
+    """`updated` for an optimizer-state step counter (an integer leaf), else `kept`."""
+    return updated if jnp.issubdtype(updated.dtype, jnp.integer) else kept
 
 
 def accumulate(total: dict | None, metrics: dict) -> dict:
