@@ -106,6 +106,12 @@ def check_intervals(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
         if value <= 0 or value > total_steps:
             raise ConfigError(f"{key} is {value} but the run has {total_steps} steps; use 1..{total_steps}")
     if cfg.steps_per_call > 1:
+        # Each call runs steps_per_call steps: a run whose length is no multiple of it would overshoot.
+        if total_steps % cfg.steps_per_call:
+            raise ConfigError(
+                f"the run's {total_steps} steps must be a multiple of steps_per_call ({cfg.steps_per_call}); "
+                "change num_train_steps (or num_epochs) or steps_per_call"
+            )
         for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
             if cfg[key] % cfg.steps_per_call:
                 raise ConfigError(
