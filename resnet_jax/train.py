@@ -733,7 +733,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     batches = run.batches(start_step)
     total = pending_metrics(clock_state.get("pending_metrics"))
     last_eval: dict = {}
-    best_error = clock_state.get("best_eval_top1_error") or math.inf
+    saved_best = clock_state.get("best_eval_top1_error")  # None: no evaluation yet (0.0 is a real best)
+    best_error = math.inf if saved_best is None else float(saved_best)
     last_good_checkpoint = mngr.latest_step() or "none"
     step = start_step
     with Preemption() as preemption:

@@ -120,6 +120,18 @@ def test_resume_gives_the_same_result_as_a_straight_run(tmp_path):
     assert final[0]["eval/loss"] == [r for r in read_metrics(straight) if "eval/loss" in r][-1]["eval/loss"]
 
 
+def test_a_best_eval_error_of_zero_survives_a_resume(tmp_path):
+    """A restored best of 0.0% is a best, not "no evaluation yet" (it was read as `or math.inf`)."""
+    train.train_and_evaluate(tiny_config(num_train_steps=4, eval_every_steps=4), str(tmp_path))
+    clock = tmp_path / "checkpoints" / "4" / "clock" / "metadata"
+    saved = json.loads(clock.read_text())
+    clock.write_text(json.dumps({**saved, "best_eval_top1_error": 0.0}))
+    summary = train.train_and_evaluate(tiny_config(num_train_steps=8, eval_every_steps=4), str(tmp_path))
+    assert summary["step"] == 8 and summary["final_eval_top1_error"] > 0.0
+    assert summary["best_eval_top1_error"] == 0.0
+    assert checkpoint_steps(tmp_path)[-1] == 8
+
+
 def test_eval_counts_every_example_once_with_an_uneven_last_batch():
     """100 examples in batches of 24 on 8 devices: 5 batches, the last padded and masked."""
     cfg = tiny_config(**{"data.synthetic_examples": 100, "data.eval_batch_size": 24})
