@@ -73,6 +73,11 @@ def check_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError(
             f"model.stem_channels must be 0 (off) or at least 4, e.g. 4 or 8; got {m.stem_channels}"
         )
+    if m.zero_init_residual and m.shortcut == "none":
+        raise ConfigError(
+            "model.zero_init_residual=True would zero every block's output of a plain net (shortcut 'none'), "
+            "so nothing before the FC could train: set it to False"
+        )
     if cfg.batch_size <= 0 or cfg.batch_size % num_devices:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be a positive multiple of the {num_devices} devices; "
