@@ -10,7 +10,8 @@ tokens, e.g. "resnet110,A,smoke". Tokens:
   val                    CIFAR: hold out 5k training images as the test set (the paper's 45k/5k split)
   v1.5                   bottleneck nets: stride on the 3x3 conv, as torchvision
   batch=<N>              ImageNet at global batch N (Goyal et al. 2017): lr x N/256, 5-epoch linear
-                         warm-up, BN over groups of 32 examples, zero-init last BN of each block.
+                         warm-up, BN over groups of 32 examples, zero-init last BN of each
+                         residual block (not of plain nets).
                          CIFAR at global batch N (not the paper's recipe): lr x N/128 and every step
                          count x 128/N (same epochs); from N = 512 a 5-epoch linear warm-up
 """
@@ -185,7 +186,10 @@ def large_batch(c: ml_collections.ConfigDict, batch: int) -> None:
     c.schedule.warmup_epochs = 5.0
     c.model.bn = "ghost"
     c.model.bn_group_size = 32
-    c.model.zero_init_residual = True  # gamma = 0 in the last BN of each block (their section 5.1)
+    # gamma = 0 in the last BN of each residual block (their section 5.1). Not in a plain net: there that
+    # BN's output is the block's whole output, so every block would output relu(0) = 0 and nothing before
+    # the FC would ever get a gradient.
+    c.model.zero_init_residual = c.model.shortcut != "none"
 
 
 def steps_per_epoch(batch: int) -> int:

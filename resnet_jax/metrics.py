@@ -142,17 +142,21 @@ class ProgressClock:
         self.t_last, self.step_last = now, step
         if rate is not None:
             self.last_rate = rate
-        count = max(float(summed["count"]), 1.0)
-        self.last_train_error = 100.0 * float(summed["top1_errors"]) / count
+        # Averages over the examples of the applied steps; None when every step of the interval was
+        # skipped (nan_policy "skip"), rather than a loss and error of 0.
+        count = float(summed["count"])
+        self.last_train_error = 100.0 * float(summed["top1_errors"]) / count if count > 0 else None
         record = {
             "epoch": step / steps_per_epoch,
-            "train/loss": float(summed["loss"]) / count,
+            "train/loss": float(summed["loss"]) / count if count > 0 else None,
             "train/top1_error": self.last_train_error,
             "lr": lr,
             "images_per_sec": rate,
             "images_per_sec_per_device": rate / self.num_devices if rate else None,
             "wall_time_s": self.wall_time(),
         }
+        if int(summed.get("nonfinite", 0)):
+            record["train/skipped_steps"] = int(summed["nonfinite"])
         if self.last_rate:
             record["eta_s"] = (self.total_steps - step) * self.batch_size / self.last_rate
         return record
@@ -161,9 +165,12 @@ class ProgressClock:
         rate = r["images_per_sec"]
         speed = f"{rate:,.0f} img/s ({rate / self.num_devices:,.0f}/device)" if rate else "-- img/s"
         eta = f"ETA {_hms(r['eta_s'])}" if "eta_s" in r else "ETA --"
+        loss, error = r["train/loss"], r["train/top1_error"]
+        skipped = f" ({r['train/skipped_steps']} steps skipped)" if "train/skipped_steps" in r else ""
         return (
-            f"step {step}/{self.total_steps} epoch {r['epoch']:.2f} loss {r['train/loss']:.4f} "
-            f"train error {r['train/top1_error']:.2f}% lr {r['lr']:.4g} {speed} {eta}"
+            f"step {step}/{self.total_steps} epoch {r['epoch']:.2f} "
+            + (f"loss {loss:.4f} train error {error:.2f}%" if loss is not None else "loss -- train error --")
+            + f"{skipped} lr {r['lr']:.4g} {speed} {eta}"
         )
 
     def state(self, best_error: float) -> dict:

@@ -135,13 +135,17 @@ def summarise(point: str, runs: list[RunResult]) -> dict:
     """One row per point: mean ± std over its seeds, the paper's numbers beside."""
     dataset, kind, depth, shortcut = net_of(runs[0])
     nums = [run_numbers(r) for r in runs]
-    ref = paper.reference(dataset, depth, shortcut)
+    # data.val_split > 0: the run evaluated on images held out of the training split, not on the test set,
+    # so the paper's test errors are no reference for it and the row says which set it is.
+    held_out = int(cfg(runs[0].config, "data.val_split", 0) or 0)
+    ref = None if held_out else paper.reference(dataset, depth, shortcut)
     row = {
         "point": point,
         "dataset": dataset,
         "kind": kind,
         "depth": depth,
         "arch": paper.arch_name(depth, shortcut),
+        "eval_set": f"val ({held_out:,} held-out training images)" if held_out else "test",
         "runs": len(runs),
         "done": sum(bool(r.summary.get("done")) for r in runs),
         "paper_top1": ref.top1 if ref else None,
@@ -205,7 +209,8 @@ def markdown(rows: list[dict], source: epath.PathLike) -> str:
         f"# Results of {source}",
         "",
         "Errors in percent; mean ± std over seeds (runs = finished / all). Test error: the trainer's "
-        "evaluation set (CIFAR test set, ImageNet validation set with the config's crops). "
+        "evaluation set (CIFAR test set, ImageNet validation set with the config's crops; rows marked val: "
+        "the images held out of the training split by data.val_split, with no paper number beside). "
         "Device-hours: summed over seeds.",
         "",
         "| " + " | ".join(head) + " |",
@@ -215,7 +220,7 @@ def markdown(rows: list[dict], source: epath.PathLike) -> str:
         wall = fmt(r["wall_time_s_mean"] / 3600 if r["wall_time_s_mean"] is not None else None)
         cells = [
             r["point"],
-            f"{r['dataset']} {r['arch']}",
+            f"{r['dataset']} {r['arch']}" + (f", {r['eval_set']}" if r["eval_set"] != "test" else ""),
             paper_cell(r),
             fmt(r["final_top1_mean"], r["final_top1_std"]),
             fmt(r["best_top1_mean"], r["best_top1_std"]),

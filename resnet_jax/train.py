@@ -74,6 +74,11 @@ def check_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError(
             f"model.stem_channels must be 0 (off) or at least 4, e.g. 4 or 8; got {m.stem_channels}"
         )
+    if m.zero_init_residual and m.shortcut == "none":
+        raise ConfigError(
+            "model.zero_init_residual=True would zero every block's output of a plain net (shortcut 'none'), "
+            "so nothing before the FC could train: set it to False"
+        )
     if cfg.batch_size <= 0 or cfg.batch_size % num_devices:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be a positive multiple of the {num_devices} devices; "
@@ -107,6 +112,12 @@ def check_intervals(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
         if value <= 0 or value > total_steps:
             raise ConfigError(f"{key} is {value} but the run has {total_steps} steps; use 1..{total_steps}")
     if cfg.steps_per_call > 1:
+        # Each call runs steps_per_call steps: a run whose length is no multiple of it would overshoot.
+        if total_steps % cfg.steps_per_call:
+            raise ConfigError(
+                f"the run's {total_steps} steps must be a multiple of steps_per_call ({cfg.steps_per_call}); "
+                "change num_train_steps (or num_epochs) or steps_per_call"
+            )
         for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
             if cfg[key] % cfg.steps_per_call:
                 raise ConfigError(
@@ -346,15 +357,24 @@ def train_step(
     new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     if skip_nonfinite:  # keep the old weights, move on to the next batch
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state.replace(step=state.step + 1))
+        # ...but the optimizer's step counters (its integer leaves: the lr schedule's count) advance with
+        # `step`, else every skipped step would shift the lr schedule (and the boundaries) one step later.
+        new = new.replace(opt_state=jax.tree.map(keep_counters, new.opt_state, opt_state))
     top1, _ = topk_errors(logits.astype(jnp.float32), labels)
+    # The sums cover the steps that were applied: a skipped step's loss and errors are not counted.
     metrics = {
         "loss": jnp.where(finite, loss, 0.0) * labels.shape[0],
-        "top1_errors": top1.sum(),
-        "count": jnp.float32(labels.shape[0]),
+        "top1_errors": jnp.where(finite, top1.sum(), 0.0),
+        "count": jnp.where(finite, jnp.float32(labels.shape[0]), 0.0),
         "nonfinite": (~finite).astype(jnp.int32),
         "first_nonfinite": jnp.where(finite, jnp.int32(2**30), state.step),
     }
     return new, metrics
+
+
+def keep_counters(kept: jax.Array, updated: jax.Array) -> jax.Array:
+    """`updated` for an optimizer-state step counter (an integer leaf), else `kept`."""
+    return updated if jnp.issubdtype(updated.dtype, jnp.integer) else kept
 
 
 def accumulate(total: dict | None, metrics: dict) -> dict:
@@ -725,7 +745,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         batches = run.batches(start_step)
         total = pending_metrics(clock_state.get("pending_metrics"))
         last_eval: dict = {}
-        best_error = clock_state.get("best_eval_top1_error") or math.inf
+        saved_best = clock_state.get("best_eval_top1_error")  # None: no evaluation yet (0.0 is a real best)
+        best_error = math.inf if saved_best is None else float(saved_best)
         last_good_checkpoint = mngr.latest_step() or "none"
         step = start_step
         with Preemption() as preemption:

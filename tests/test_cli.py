@@ -60,6 +60,11 @@ BAD_CONFIGS = {
         train.ConfigError,
         "checkpoint_every_steps is 5 but the run has 4 steps",
     ),
+    "run length vs steps_per_call": (  # would run 6 steps of a 5-step run
+        {"num_train_steps": 5, "steps_per_call": 2},
+        train.ConfigError,
+        r"the run's 5 steps must be a multiple of steps_per_call \(2\)",
+    ),
     "stem channels": (
         {"model.stem_channels": 2},
         train.ConfigError,

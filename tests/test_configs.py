@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import experiments, paper
+from resnet_jax import experiments, paper, train
 from resnet_jax.config import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -144,6 +144,18 @@ def test_pod_scaling_follows_goyal_et_al():
     )
     assert (c.model.bn, c.model.bn_group_size) == ("ghost", 32)
     assert c.eval_every_steps == 2 * 157  # two epochs of 1,281,167 images at 8192
+    assert c.model.zero_init_residual
+
+
+@pytest.mark.parametrize("name", ["imagenet_plain18", "imagenet_plain34"])
+def test_pod_scaling_of_a_plain_net_does_not_zero_its_blocks(name):
+    """Zero-init of the last BN is for residual blocks: in a plain net it zeroes every block's output,
+    leaving only the FC bias with a gradient (the batch=N plain-18/34 points of the sweeps never trained)."""
+    c = load(name, "batch=4096")
+    assert c.model.shortcut == "none" and not c.model.zero_init_residual
+    c.model.zero_init_residual = True
+    with pytest.raises(train.ConfigError, match="zero_init_residual=True would zero every block"):
+        train.check_config(c, 8)
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,16 @@ def test_report_from_fabricated_sweep(tmp_path):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_held_out_validation_run_is_not_set_beside_the_papers_test_error(tmp_path):
+    """configs/cifar10.py:resnet20,val evaluates on 5k training images: not the test set of Table 6."""
+    sweep = tmp_path / "cifar_depth_val"
+    fabricate_run(sweep / "resnet20-seed0", "configs/cifar10.py:resnet20,val", 9.0)
+    (row,) = report.report(sweep)
+    assert row["paper_top1"] is None and row["eval_set"] == "val (5,000 held-out training images)"
+    md = (sweep / "results.md").read_text()
+    assert "| resnet20 | cifar10 resnet20-A, val (5,000 held-out training images) | – | 9.00 |" in md
+
+
 def test_report_imagenet_shows_top5_and_cli(tmp_path, capsys):
     sweep = tmp_path / "imagenet_shortcuts"
     fabricate_run(sweep / "resnet34-C-seed0", "configs/imagenet_r34.py:C", 24.0)

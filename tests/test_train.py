@@ -120,6 +120,18 @@ def test_resume_gives_the_same_result_as_a_straight_run(tmp_path):
     assert final[0]["eval/loss"] == [r for r in read_metrics(straight) if "eval/loss" in r][-1]["eval/loss"]
 
 
+def test_a_best_eval_error_of_zero_survives_a_resume(tmp_path):
+    """A restored best of 0.0% is a best, not "no evaluation yet" (it was read as `or math.inf`)."""
+    train.train_and_evaluate(tiny_config(num_train_steps=4, eval_every_steps=4), str(tmp_path))
+    clock = tmp_path / "checkpoints" / "4" / "clock" / "metadata"
+    saved = json.loads(clock.read_text())
+    clock.write_text(json.dumps({**saved, "best_eval_top1_error": 0.0}))
+    summary = train.train_and_evaluate(tiny_config(num_train_steps=8, eval_every_steps=4), str(tmp_path))
+    assert summary["step"] == 8 and summary["final_eval_top1_error"] > 0.0
+    assert summary["best_eval_top1_error"] == 0.0
+    assert checkpoint_steps(tmp_path)[-1] == 8
+
+
 def test_eval_counts_every_example_once_with_an_uneven_last_batch():
     """100 examples in batches of 24 on 8 devices: 5 batches, the last padded and masked."""
     cfg = tiny_config(**{"data.synthetic_examples": 100, "data.eval_batch_size": 24})
@@ -203,10 +215,39 @@ def test_skip_policy_keeps_the_weights_of_nonfinite_steps(tmp_path):
     cfg = tiny_config(**{"schedule.base_lr": 1e30, "nan_policy": "skip"})
     summary = train.train_and_evaluate(cfg, str(tmp_path))
     assert summary["done"]
-    # Step 1 blows the weights up; every later step is non-finite and leaves the state alone.
+    # Step 1 blows the weights up; every later step is non-finite and leaves the state alone...
     a, b = restore_state(tmp_path, 2), restore_state(tmp_path, 4)
     assert_trees_equal(a["params"], b["params"])
-    assert_trees_equal(a["opt_state"], b["opt_state"])
+    assert_trees_equal(a["batch_stats"], b["batch_stats"])
+    momentum = lambda s: jax.tree.leaves(s["opt_state"][1][0])  # noqa: E731 - sgd's trace
+    assert_trees_equal(momentum(a), momentum(b))
+    # ...except the lr schedule's count, which must stay equal to the step (it was frozen at the first
+    # skipped step, which moved every later lr boundary one step later per skipped step).
+    assert int(b["opt_state"][1][1]["count"]) == int(b["step"]) == 4
+    # The skipped steps' loss (and errors) are not averaged in as zeros: an interval whose every
+    # step was skipped has no training loss, and says how many steps were skipped.
+    train_records = [r for r in read_metrics(tmp_path) if "lr" in r]
+    assert train_records[-1]["train/loss"] is None and train_records[-1]["train/top1_error"] is None
+    assert train_records[-1]["train/skipped_steps"] == 2
+    assert summary["final_train_top1_error"] is None
+
+
+def test_skipped_steps_do_not_shift_the_lr_schedule():
+    """A non-finite step under nan_policy "skip" still advances the schedule's step counter."""
+    cfg = tiny_config(nan_policy="skip")
+    mesh = mesh_of(1)
+    inputs = train.in_memory_inputs(cfg, mesh, jnp.float32)
+    model = train.create_model(cfg, inputs.num_classes, 1)
+    tx, _ = optim.create(cfg, cfg.batch_size, 10, 100)
+    state = train.init_state(model, tx, cfg.seed, inputs.image_shape, mesh)
+    batch = train.to_global(next(inputs.train_batches(0)), mesh, True)
+    arrays = dict(inputs.arrays, mean=jnp.full_like(inputs.arrays["mean"], jnp.nan))  # a NaN input
+    new, metrics = train.train_step(
+        state, batch, arrays, model=model, tx=tx, inputs=inputs, mesh=mesh, skip_nonfinite=True
+    )
+    assert int(metrics["nonfinite"]) == 1 and float(metrics["count"]) == 0.0
+    assert_trees_equal(new.params, state.params)
+    assert int(new.step) == 1 and int(new.opt_state[1][1].count) == 1
 
 
 def test_steps_per_call_fuses_steps_without_changing_them(tmp_path):
