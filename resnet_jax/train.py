@@ -201,13 +201,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def topk_errors(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-example top-1 and top-5 error indicators (float32); a NaN score makes an example wrong.
+    """Per-example top-1 and top-5 error indicators (float32); ties and NaN scores make an example wrong.
 
-    The rank counts classes that beat the label's score; every comparison with NaN is false, so
-    without the NaN check a diverged model (NaN logits) would score 0% error.
+    The rank counts the other classes that score at least the label's score: a tie counts against
+    the label (a constant classifier scores 100% error, not 0%). Every comparison with NaN is false,
+    so without the NaN check a diverged model (NaN logits) would score 0% error.
     """
     label_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
-    rank = jnp.sum(scores > label_score, axis=-1)  # how many classes beat the label
+    rank = jnp.sum(scores >= label_score, axis=-1) - 1  # other classes at or above the label
     nan = jnp.isnan(scores).any(axis=-1)
     return ((rank >= 1) | nan).astype(jnp.float32), ((rank >= 5) | nan).astype(jnp.float32)
 

@@ -158,6 +158,14 @@ def test_nan_scores_count_as_errors():
     np.testing.assert_array_equal(top5, [0.0, 1.0, 1.0])
 
 
+def test_ties_with_the_label_count_as_errors():
+    """A constant classifier is wrong everywhere (a tie used to count for the label: 0% error)."""
+    scores = jnp.zeros((2, 10)).at[1, 3].set(1.0).at[1, 4].set(1.0)  # row 1: classes 3 and 4 tie on top
+    top1, top5 = train.topk_errors(scores, jnp.array([0, 3]))
+    np.testing.assert_array_equal(top1, [1.0, 1.0])
+    np.testing.assert_array_equal(top5, [1.0, 0.0])
+
+
 def test_ten_crop_eval_averages_softmax_over_crops():
     model = models.create("cifar", 8, "A", 10)
     x = jax.random.normal(jax.random.key(0), (3, 2, 32, 32, 3))
