@@ -158,9 +158,11 @@ run_item() {
           cp benchmarks/gpu_targets/h100_sxm.txtpb "$w/gpu_target.txtpb" # (untried on a GPU so far)
         python3 benchmarks/gpu_aot.py --config=configs/cifar10.py:resnet20 --dtype=bfloat16 --steps_per_call=20 \
           --target="$w/gpu_target.txtpb" --json="$w/aot_check_deviceless.json"
-        XLA_FLAGS="--xla_dump_to=$w/dump_r20" "$@" --steps=40 --repeats=1 --json="$w/aot_check_run.json" &&
-          python3 benchmarks/gpu_aot.py --from_dump "$w/dump_r20" --json="$w/aot_check_real.json"
-        rc=$?; rm -rf "$w/dump_r20"; exit $rc' _ "$WORK" "${BENCH[@]}" "${R20[@]}" ;;
+        d=/tmp/gpu_session_dump_r20 # outside $WORK: a killed item must not leave the dump to be packed
+        rm -rf "$d"
+        XLA_FLAGS="--xla_dump_to=$d" "$@" --steps=40 --repeats=1 --json="$w/aot_check_run.json" &&
+          python3 benchmarks/gpu_aot.py --from_dump "$d" --json="$w/aot_check_real.json"
+        rc=$?; rm -rf "$d"; exit $rc' _ "$WORK" "${BENCH[@]}" "${R20[@]}" ;;
     r20_b256) # the recipe at batch 256 (configs/cifar10.py:resnet20,batch=256: lr 0.2, 32k steps)
       item r20_b256 25 60 "${BENCH[@]}" --config=configs/cifar10.py:resnet20,batch=256 --steps_per_call=20 \
         --steps=200 --warmup=20 --no_loop --json="$WORK/r20_b256.json" ;;
