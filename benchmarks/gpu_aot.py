@@ -290,6 +290,10 @@ def parse_hlo(hlo: str) -> dict:
         "fusion_kinds": dict(fusion_kinds.most_common()),
         "fusion_backend_kinds": dict(fusion_cc.most_common()),
         "custom_calls": dict(custom_calls.most_common()),
+        "cudnn_calls": sum(n for c, n in custom_calls.items() if "cudnn" in c.lower()),
+        "library_gemm_calls": sum(
+            n for c, n in custom_calls.items() if "cublas" in c.lower() or "gemm" in c.lower()
+        ),
         "copies": ops["copy"] + ops["copy-start"],
         "transposes": ops["transpose"],
         "collectives": collectives,
@@ -387,8 +391,6 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
 def counts_text(r: dict, steps_per_call: int = 1) -> str:
     """The thunk and HLO counts of one row (or of `read_dump`'s result), three lines."""
     h, t = r["hlo"], r["thunks"] or {}
-    conv = sum(n for c, n in h["custom_calls"].items() if "cudnn" in c.lower())
-    gemm = sum(n for c, n in h["custom_calls"].items() if "cublas" in c.lower() or "gemm" in c.lower())
     fmt = lambda d: ", ".join(f"{k}={v}" for k, v in (d or {}).items())  # noqa: E731
     trips = h["while_trip_counts"] or ["?"] * len(t.get("while_loops", []))
     loops = "".join(
@@ -404,7 +406,8 @@ def counts_text(r: dict, steps_per_call: int = 1) -> str:
         f"host-issued per call {issued if issued else '-'}, per step {per_step}\n"
         f"  HLO: {h['fusions']} fusions ({fmt(h['fusion_kinds'])}), "
         f"custom fusions ({fmt(h['fusion_backend_kinds'])}), "
-        f"custom calls: cudnn {conv}, cublas/gemm {gemm} ({fmt(h['custom_calls'])}), "
+        f"custom calls: cudnn {h['cudnn_calls']}, cublas/gemm {h['library_gemm_calls']} "
+        f"({fmt(h['custom_calls'])}), "
         f"copies {h['copies']}, transposes {h['transposes']}, collectives {sum(h['collectives'].values())}, "
         f"while {h['while_loops']}, conditionals {h['conditionals']}, "
         f"command-buffer calls in HLO {h['command_buffer_calls']}"

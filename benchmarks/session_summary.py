@@ -129,10 +129,10 @@ def aot_table(files: list[tuple[pathlib.Path, list]]) -> list[str]:
             k = r.get("steps_per_call") or max(h["while_trip_counts"] or [1])
             issued = t.get("host_issued_per_call")
             top = ", ".join(f"{n} {kind}" for kind, n in (t.get("top_level") or {}).items())
-            cudnn = sum(n for c, n in h["custom_calls"].items() if "cudnn" in c.lower())
             lines.append(
                 f"| {path.stem} | {r.get('module') or r.get('config', '?')} | {k} | {fmt(issued, ',')} | "
-                f"{fmt(issued / k if issued else None, '.1f')} | {top or '-'} | {cudnn} | {h['fusions']} |"
+                f"{fmt(issued / k if issued else None, '.1f')} | {top or '-'} | {h['cudnn_calls']} | "
+                f"{h['fusions']} |"
             )
     return lines
 

@@ -35,6 +35,7 @@ def test_cudnn_calls_split_the_graphs_and_the_loop_is_run_by_the_host():
     assert t["host_issued_per_call"] == 3 + 3 * (1 + 5)
     assert t["in_command_buffers"] == {"kCustomKernel": 5, "kCopy": 1}
     assert h["custom_calls"] == {"__cudnn$convForward": 1, "__cudnn$convBackwardFilter": 1}
+    assert h["cudnn_calls"] == 2 and h["library_gemm_calls"] == 0
     assert h["fusion_kinds"] == {"kLoop": 6} and h["fusion_backend_kinds"] == {}
     # before the thunk passes there were no command buffers at all
     assert "kCommandBuffer" not in r["thunks_before_thunk_passes"]["all"]
@@ -47,7 +48,7 @@ def test_xla_convolution_kernels_let_the_whole_loop_be_one_graph_launch():
     (loop,) = t["while_loops"]
     assert loop["in_command_buffer"] and loop["body"] == {"kCustomKernel": 5}
     assert t["host_issued_per_call"] == 1
-    assert "kConvolution" not in t["all"] and h["custom_calls"] == {}
+    assert "kConvolution" not in t["all"] and h["custom_calls"] == {} and h["cudnn_calls"] == 0
     assert h["fusion_backend_kinds"] == {"conv_fprop_fusion_comp": 1, "conv_wgrad_fusion_comp": 1}
 
 
