@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import pathlib
 import re
 import sys
@@ -47,6 +46,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_step import build_config, memory, write_json  # noqa: E402 (jax-free at import)
 
 DEFAULT_TARGET = ROOT / "benchmarks" / "gpu_targets" / "h100_sxm.txtpb"
 COLLECTIVES = (
@@ -108,8 +108,7 @@ def on_mesh(mesh):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
     def from_local(sharding, value, *a, **k):
-        value = np.asarray(value)
-        return jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
+        return abstract(value, sharding)
 
     saved = (train.create_mesh, jax.device_put, jax.make_array_from_process_local_data, jax.device_count)
     train.create_mesh = lambda: mesh
@@ -349,11 +348,10 @@ def read_dump(dump: pathlib.Path, modules: tuple[str, ...] = STEP_MODULES) -> di
 
 def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
     import jax
-    import train_step as ts
 
     from resnet_jax import train
 
-    cfg = ts.build_config(args, k)
+    cfg = build_config(args, k)
     with on_mesh(mesh):
         run = train.setup(cfg)
         state = run.abstract_state()
@@ -371,7 +369,7 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
     compiled = lowered.compile(compiler_options=options)
     compile_s = time.perf_counter() - t
     counts = read_dump(dump)
-    mem = ts.memory(compiled)
+    mem = memory(compiled)
     return {
         "config": args.config,
         "family": cfg.model.family,
@@ -446,11 +444,11 @@ def main(argv=None) -> list[dict]:
         return []
     if args.from_dump:
         row = {"dump": args.from_dump, **read_dump(pathlib.Path(args.from_dump))}
-        k = max(1, *row["hlo"]["while_trip_counts"]) if row["hlo"]["while_trip_counts"] else 1
+        k = max([1, *row["hlo"]["while_trip_counts"]])
         print(f"{row['module']} in {args.from_dump} ({k} steps per call, from its loop's trip count)")
         print(counts_text(row, k), flush=True)
         if args.json:
-            pathlib.Path(args.json).write_text(json.dumps([row], indent=2))
+            write_json(args.json, [row])
         return [row]
     if not args.config:
         raise SystemExit("--config is required (or --from_dump DIR, or --dump_target_config FILE)")
@@ -462,7 +460,7 @@ def main(argv=None) -> list[dict]:
         rows.append(row)
         print(summary(row), flush=True)
         if args.json:
-            pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
+            write_json(args.json, rows)
     return rows
 
 

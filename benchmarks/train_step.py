@@ -368,7 +368,7 @@ def environment() -> dict:
     }
 
 
-def write_json(path: str | pathlib.Path, obj: dict) -> None:
+def write_json(path: str | pathlib.Path, obj: dict | list) -> None:
     """Write a benchmark's result as indented JSON, creating the parent folder."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
