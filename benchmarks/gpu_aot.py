@@ -46,7 +46,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_step import build_config, memory, write_json  # noqa: E402 (jax-free at import)
+from train_step import add_step_flags, build_config, memory, update_fn, write_json  # noqa: E402 (jax-free at import)
 
 DEFAULT_TARGET = ROOT / "benchmarks" / "gpu_targets" / "h100_sxm.txtpb"
 COLLECTIVES = (
@@ -358,7 +358,7 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
         batch = next(run.batches(0))
         arrays = run.inputs.arrays
     t = time.perf_counter()
-    lowered = run.update.lower(state, batch, arrays)
+    lowered = update_fn(run, args).lower(state, batch, arrays)
     lower_s = time.perf_counter() - t
     dump = (
         dump_root / f"{pathlib.Path(args.config.split(':')[0]).stem}_{cfg.model.depth}_b{cfg.batch_size}_k{k}"
@@ -370,6 +370,11 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
     compile_s = time.perf_counter() - t
     counts = read_dump(dump)
     mem = memory(compiled)
+    if args.state_layout == "auto":  # train_step.place_state needs them equal to run the step
+        state_in, state_out = compiled.input_formats[0][0], compiled.output_formats[0]
+        counts["state_layouts_round_trip"] = [f.layout for f in jax.tree.leaves(state_in)] == [
+            f.layout for f in jax.tree.leaves(state_out)
+        ]
     return {
         "config": args.config,
         "family": cfg.model.family,
@@ -377,6 +382,8 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
         "dtype": str(jax.numpy.dtype(run.dtype)),
         "batch_size": cfg.batch_size,
         "steps_per_call": k,
+        "state_layout": args.state_layout,
+        "donate": args.donate,
         "device_kind": mesh.devices.flat[0].device_kind,
         "lower_s": lower_s,
         "compile_s": compile_s,
@@ -428,6 +435,7 @@ def parse_args(argv):
     p.add_argument("--steps_per_call", default="1", help="comma list, one compile each")
     p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--real_data", action="store_true")
+    add_step_flags(p)
     p.add_argument("--target", default=str(DEFAULT_TARGET), help="GpuTargetConfigProto text file")
     p.add_argument("--topology", default="1x1x1", help="slices x hosts x GPUs per host, e.g. 1x1x8")
     p.add_argument("--dump", default="", help="keep XLA's dumps here (default: a temporary folder)")

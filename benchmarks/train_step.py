@@ -174,6 +174,41 @@ def memory(compiled) -> dict:
     return {k: int(getattr(m, k)) for k in keys if hasattr(m, k)}
 
 
+def update_fn(run, args):
+    """The step to compile: the trainer's own `run.update` unless an experiment flag changes its jit.
+
+    --state_layout auto lets XLA choose the state's memory layouts (jax's Layout.AUTO on the state
+    in and out) instead of row-major: on a GPU the conv kernels' weight gradients come out of cuDNN
+    in another layout, and the donated update otherwise transposes them and copies the result
+    back (BENCHMARKS.md, "What the GPU step launches"). --no_donate compiles it without donating
+    the state. Both only re-jit the trainer's step function (`run.update.__wrapped__`), unchanged.
+    """
+    import jax
+
+    if args.state_layout == "default" and args.donate:
+        return run.update
+    from jax.experimental.layout import Format, Layout
+
+    kwargs = {"donate_argnums": (0,)} if args.donate else {}
+    if args.state_layout == "auto":
+        kwargs["in_shardings"] = (Format(Layout.AUTO), None, None)
+        kwargs["out_shardings"] = (Format(Layout.AUTO), None)
+    return jax.jit(run.update.__wrapped__, **kwargs)
+
+
+def place_state(compiled, state, args):
+    """`state` in the layouts the compiled step takes (--state_layout auto), as it also returns them."""
+    if args.state_layout == "default":
+        return state
+    import jax
+
+    formats = compiled.input_formats[0][0]
+    layouts = [f.layout for f in jax.tree.leaves(formats)]
+    if layouts != [f.layout for f in jax.tree.leaves(compiled.output_formats[0])]:
+        raise SystemExit("--state_layout auto: XLA returns the state in other layouts than it takes it")
+    return jax.device_put(state, formats)
+
+
 def timed_repeats(fn, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
@@ -204,11 +239,14 @@ def measure(args, steps_per_call: int, log=print) -> dict:
     first = next(batches)
 
     t = time.perf_counter()
-    lowered = run.update.lower(state, first, arrays)
+    # Layout.AUTO lowers on shapes only: a jax.Array argument has a concrete layout already.
+    spec = run.abstract_state() if args.state_layout == "auto" else state
+    lowered = update_fn(run, args).lower(spec, first, arrays)
     lower_s = time.perf_counter() - t
     t = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
+    state = place_state(compiled, state, args)
     xla_flops, xla_bytes, loops = cost(compiled)
     log(f"  compiled in {lower_s:.1f} s (lower) + {compile_s:.1f} s (compile)")
 
@@ -272,6 +310,8 @@ def measure(args, steps_per_call: int, log=print) -> dict:
         "data": cfg.data.name,
         "augmented": cfg.data.name != "synthetic" and cfg.model.family == "cifar",
         "overrides": list(args.set or []),
+        "state_layout": args.state_layout,
+        "donate": args.donate,
         "device_kind": kind,
         "platform": plat,
         "device_count": n_dev,
@@ -318,7 +358,8 @@ def count_flops(args) -> dict:
     cfg = build_config(args, 1)
     t = time.perf_counter()
     run = train.setup(cfg)
-    compiled = run.update.lower(run.abstract_state(), next(run.batches(0)), run.inputs.arrays).compile()
+    update = update_fn(run, args)
+    compiled = update.lower(run.abstract_state(), next(run.batches(0)), run.inputs.arrays).compile()
     xla_flops, xla_bytes, loops = cost(compiled)
     n_dev = len(jax.devices())
     macs = flops_lib.count_macs(run.model, run.inputs.image_shape[0])
@@ -389,6 +430,8 @@ def table(rows: list[dict]) -> str:
         name = f"{r['family']}-{r['depth']}{'-scan' if r['scan_blocks'] else ''}"
         if r["family"] == "imagenet" and r["stride_on"] == "3x3":
             name += "-v1.5"
+        name += "-auto_layout" if r.get("state_layout") == "auto" else ""
+        name += "-no_donate" if r.get("donate") is False else ""
         lines.append(
             f"{name:<24} {r['batch_size']:>5} {r['dtype']:>8} {r['steps_per_call']:>3} "
             f"{r['data'][:9]:>9} {r['lower_s'] + r['compile_s']:>9.1f} {r['first_run_s']:>8.2f} "
@@ -416,6 +459,18 @@ def compilation_cache(enabled: bool):
         jax.config.update("jax_enable_compilation_cache", old)
 
 
+def add_step_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that change how the trainer's step is compiled (experiments; see `update_fn`)."""
+    p.add_argument(
+        "--state_layout", choices=("default", "auto"), default="default",
+        help="auto: XLA picks the state's memory layouts (experiment; the trainer uses default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no_donate", dest="donate", action="store_false",
+        help="do not donate the state to the step (experiment; the trainer donates it)",
+    )  # fmt: skip
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -431,6 +486,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--real_data", action="store_true", help="the config's data instead of synthetic")
+    add_step_flags(p)
     p.add_argument("--no_loop", dest="loop", action="store_false", help="skip the trainer-like loop timing")
     p.add_argument("--compilation_cache", action="store_true", help="allow the persistent compilation cache")
     p.add_argument(

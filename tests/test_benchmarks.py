@@ -46,6 +46,19 @@ def test_train_step_benchmark_writes_its_fields(tmp_path):
     assert row["device_count"] == 8 and row["mfu_xla"] is None  # CPU: no peak, no MFU
 
 
+def test_train_step_layout_and_donation_experiments_train_the_same_step():
+    """--state_layout auto / --no_donate re-jit the trainer's own step function: same losses."""
+    bench = load_benchmark("train_step")
+    argv = ["--config=tests/configs/tiny.py", "--steps=2", "--warmup=1", "--repeats=1", "--batch_size=8"]
+    argv += ["--set=data.image_size=16", "--compilation_cache", "--no_loop"]
+    (default,) = bench.main(argv)["rows"]
+    (changed,) = bench.main([*argv, "--state_layout=auto", "--no_donate"])["rows"]
+    assert (default["state_layout"], default["donate"]) == ("default", True)
+    assert (changed["state_layout"], changed["donate"]) == ("auto", False)
+    assert changed["final_loss"] == pytest.approx(default["final_loss"], rel=1e-6)
+    assert default["memory"]["alias_size_in_bytes"] > 0 and changed["memory"]["alias_size_in_bytes"] == 0
+
+
 def test_train_step_counts_xla_flops_without_running(tmp_path):
     """--flops_only: XLA's count of the compiled step (here XLA:CPU's, which includes convolutions)."""
     bench = load_benchmark("train_step")
