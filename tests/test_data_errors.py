@@ -129,6 +129,9 @@ def test_val_split_too_large(tmp_path):
     with pytest.raises(data.DataError) as e:
         data.load_in_memory(cfg(root, val_split=4), seed=0)
     assert "val_split" in one_sentence(e)
+    with pytest.raises(data.DataError) as e:  # not num_train = -2
+        data.dataset_info(cfg(root, val_split=6))
+    assert "val_split" in one_sentence(e)
 
 
 def test_path_with_a_streamed_dataset(tmp_path):

@@ -228,6 +228,9 @@ def dataset_info(cfg_data: Any, *, batch_size: int = 128) -> dict:
             "image_shape": builder.info.features["image"].shape,
         }
     val = int(get(cfg_data, "val_split", 0))
+    if val >= meta["num_train"]:  # as load_in_memory would say, not a negative training-set size
+        n = meta["num_train"]
+        raise DataError(f"data.val_split must be in [0, {n}) for {n} training images, not {val}.")
     num_train, num_eval = (meta["num_train"] - val, val) if val else (meta["num_train"], meta["num_test"])
     classes = int(get(cfg_data, "num_classes", 0)) or meta["num_classes"]
     return {
