@@ -153,3 +153,10 @@ def test_imagenet_not_prepared_says_how_to_build_it(tmp_path):
         assert part in msg
     with pytest.raises(data.DataError):
         data.tfds_train_iterator({"name": "imagenet2012", "tfds_dir": str(tmp_path)}, 8, 0, 0)
+
+
+def test_dataset_info_of_an_unprepared_tfds_cifar(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(data.DataError) as e:  # not TFDS's KeyError on the empty splits
+        data.dataset_info({"name": "cifar10", "tfds_dir": str(tmp_path)})
+    assert "not prepared" in one_sentence(e)

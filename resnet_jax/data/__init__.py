@@ -220,7 +220,7 @@ def dataset_info(cfg_data: Any, *, batch_size: int = 128) -> dict:
         from resnet_jax.data import imagenet
 
         builder = imagenet.tfds_builder(name, get(cfg_data, "tfds_dir", ""))
-        splits = builder.info.splits
+        splits = imagenet.prepared_splits(builder)
         meta = {
             "num_train": splits["train"].num_examples,
             "num_test": splits["test"].num_examples,

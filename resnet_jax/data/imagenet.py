@@ -379,13 +379,19 @@ def eval_iterator(
     yield from ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def info(cfg_data: Any) -> dict:
-    """Counts and shapes from the TFDS metadata (no examples are read)."""
-    builder = tfds_builder(get(cfg_data, "name", ""), get(cfg_data, "tfds_dir", ""))
+def prepared_splits(builder):
+    """The builder's splits, or a DataError when the dataset is not built yet."""
     if not builder.info.splits:
         raise DataError(
             f"{builder.name} is not prepared yet: its first load downloads it, or run `tfds build`."
         )
+    return builder.info.splits
+
+
+def info(cfg_data: Any) -> dict:
+    """Counts and shapes from the TFDS metadata (no examples are read)."""
+    builder = tfds_builder(get(cfg_data, "name", ""), get(cfg_data, "tfds_dir", ""))
+    prepared_splits(builder)
     train, evaluation = spans(builder, cfg_data)
     size = int(get(cfg_data, "image_size", 224))
     classes = int(get(cfg_data, "num_classes", 0)) or builder.info.features["label"].num_classes
