@@ -129,6 +129,9 @@ def test_val_split_too_large(tmp_path):
     with pytest.raises(data.DataError) as e:
         data.load_in_memory(cfg(root, val_split=4), seed=0)
     assert "val_split" in one_sentence(e)
+    with pytest.raises(data.DataError) as e:  # not num_train = -2
+        data.dataset_info(cfg(root, val_split=6))
+    assert "val_split" in one_sentence(e)
 
 
 def test_path_with_a_streamed_dataset(tmp_path):
@@ -150,3 +153,10 @@ def test_imagenet_not_prepared_says_how_to_build_it(tmp_path):
         assert part in msg
     with pytest.raises(data.DataError):
         data.tfds_train_iterator({"name": "imagenet2012", "tfds_dir": str(tmp_path)}, 8, 0, 0)
+
+
+def test_dataset_info_of_an_unprepared_tfds_cifar(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(data.DataError) as e:  # not TFDS's KeyError on the empty splits
+        data.dataset_info({"name": "cifar10", "tfds_dir": str(tmp_path)})
+    assert "not prepared" in one_sentence(e)

@@ -60,9 +60,11 @@ def _window_sides(fn, shape, n=300):
     return np.array([fn(tf, tf.constant(shape), tf.constant([1, i], tf.int64)).numpy() for i in range(n)])
 
 
-def test_paper_crop_sizes_follow_scale_augmentation():
+@pytest.mark.parametrize("size", [224, 112])
+def test_paper_crop_sizes_follow_scale_augmentation(size):
     h, w = 300, 400  # shorter side resized to L in [256, 480]; a 224 crop spans 224 * 300 / L pixels
-    win = _window_sides(lambda tf, s, seed: imagenet._paper_window(tf, s, seed, 224), [h, w])
+    # At another image_size the range scales with it (as the eval resize does): the same window sides.
+    win = _window_sides(lambda tf, s, seed: imagenet._paper_window(tf, s, seed, size), [h, w])
     side = win[:, 2]
     assert (
         (win[:, 2] == win[:, 3]).all()

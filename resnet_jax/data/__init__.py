@@ -220,7 +220,7 @@ def dataset_info(cfg_data: Any, *, batch_size: int = 128) -> dict:
         from resnet_jax.data import imagenet
 
         builder = imagenet.tfds_builder(name, get(cfg_data, "tfds_dir", ""))
-        splits = builder.info.splits
+        splits = imagenet.prepared_splits(builder)
         meta = {
             "num_train": splits["train"].num_examples,
             "num_test": splits["test"].num_examples,
@@ -228,6 +228,9 @@ def dataset_info(cfg_data: Any, *, batch_size: int = 128) -> dict:
             "image_shape": builder.info.features["image"].shape,
         }
     val = int(get(cfg_data, "val_split", 0))
+    if val >= meta["num_train"]:  # as load_in_memory would say, not a negative training-set size
+        n = meta["num_train"]
+        raise DataError(f"data.val_split must be in [0, {n}) for {n} training images, not {val}.")
     num_train, num_eval = (meta["num_train"] - val, val) if val else (meta["num_train"], meta["num_test"])
     classes = int(get(cfg_data, "num_classes", 0)) or meta["num_classes"]
     return {

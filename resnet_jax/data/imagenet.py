@@ -186,12 +186,22 @@ def _resize(tf, image, hw):
     return tf.image.resize(image, hw, method="bilinear", antialias=True)
 
 
+def _paper_scales(size: int) -> tuple[int, int]:
+    """The shorter-side range [256, 480] at image_size 224, scaled with image_size (as EVAL_RESIZE is)."""
+    return round(PAPER_SCALES[0] * size / 224), round(PAPER_SCALES[1] * size / 224)
+
+
 def _paper_window(tf, shape, seed, size: int):
-    """Crop of an image whose shorter side is resized to a random L in [256, 480]: a size/L-scaled square."""
+    """Crop of an image whose shorter side is resized to a random L in [256, 480]: a size/L-scaled square.
+
+    At other image sizes L is drawn from the scaled range, so the crop covers the same part of the image
+    as at 224 and matches the evaluation crop's scale.
+    """
     s_len, s_y, s_x = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     h, w = shape[0], shape[1]
     short = tf.minimum(h, w)
-    length = tf.random.stateless_uniform([], s_len, PAPER_SCALES[0], PAPER_SCALES[1] + 1, tf.int32)
+    low, high = _paper_scales(size)
+    length = tf.random.stateless_uniform([], s_len, low, high + 1, tf.int32)
     side = tf.cast(tf.round(size * tf.cast(short, tf.float32) / tf.cast(length, tf.float32)), tf.int32)
     side = tf.clip_by_value(side, 1, short)
     y = tf.random.stateless_uniform([], s_y, 0, h - side + 1, tf.int32)
@@ -369,13 +379,19 @@ def eval_iterator(
     yield from ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def info(cfg_data: Any) -> dict:
-    """Counts and shapes from the TFDS metadata (no examples are read)."""
-    builder = tfds_builder(get(cfg_data, "name", ""), get(cfg_data, "tfds_dir", ""))
+def prepared_splits(builder):
+    """The builder's splits, or a DataError when the dataset is not built yet."""
     if not builder.info.splits:
         raise DataError(
             f"{builder.name} is not prepared yet: its first load downloads it, or run `tfds build`."
         )
+    return builder.info.splits
+
+
+def info(cfg_data: Any) -> dict:
+    """Counts and shapes from the TFDS metadata (no examples are read)."""
+    builder = tfds_builder(get(cfg_data, "name", ""), get(cfg_data, "tfds_dir", ""))
+    prepared_splits(builder)
     train, evaluation = spans(builder, cfg_data)
     size = int(get(cfg_data, "image_size", 224))
     classes = int(get(cfg_data, "num_classes", 0)) or builder.info.features["label"].num_classes
