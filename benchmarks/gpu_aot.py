@@ -3,6 +3,7 @@
     python benchmarks/gpu_aot.py --config=configs/cifar10.py:resnet20 --dtype bfloat16 --steps_per_call 1,20
     python benchmarks/gpu_aot.py --config=configs/imagenet_r50.py:v1.5 --dtype bfloat16 --batch_size 256
     python benchmarks/gpu_aot.py ... --target benchmarks/gpu_targets/h200_sxm.txtpb --dump /tmp/aot_dump
+    python benchmarks/gpu_aot.py ... --state_layout auto --no_donate   # as train_step.py: see update_fn
 
 Deviceless ahead-of-time compilation: jax's CPU backend runs the Python side, and the CUDA PJRT
 plugin (jax-cuda13-plugin, which needs no GPU, no driver and no cuDNN/cuBLAS to compile) makes a
