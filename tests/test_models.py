@@ -213,6 +213,16 @@ class TestBatchNormGroups:
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), dict(state), mean_of_parts
         )
 
+    @pytest.mark.parametrize("group,batch", [(4, 6), (4, 10), (8, 4)])
+    def test_group_size_that_does_not_divide_the_batch_is_refused(self, group, batch):
+        """Not silently one group of 6 (or two of 5) for groups of 4, nor a ZeroDivisionError."""
+        from resnet_jax.models.layers import BatchNorm
+
+        bn = BatchNorm(train=True, group_size=group)
+        message = f"BN group size {group} does not divide the batch of {batch}"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            bn.init(jax.random.key(0), jnp.ones((batch, 2, 2, 3)))
+
     def test_global_differs_from_grouped(self):
         model = models.create("cifar", 8, "A")
         grouped = models.create("cifar", 8, "A", bn_group_size=2)
