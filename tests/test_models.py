@@ -149,6 +149,24 @@ def test_remat_does_not_change_the_gradients():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g2)
 
 
+def compiled_convolutions(model, x):
+    """Convolutions in the compiled gradient: remat adds recomputed forward ones."""
+    variables = model.init(jax.random.key(0), x)
+    y = jnp.arange(x.shape[0]) % 10
+    grad = jax.jit(lambda v: loss_and_grads(model, v, x, y))
+    return grad.lower(variables).compile().as_text().count(" convolution(")
+
+
+def test_remat_survives_scan_blocks_on_unscanned_blocks():
+    """Blocks outside the scan (here all: one block per stage) keep their recomputation; with
+    prevent_cse=False outside a scan XLA's CSE merged it back into the forward."""
+    x = jnp.ones((4, 8, 8, 3))
+    plain = compiled_convolutions(models.create("cifar", 8, "A"), x)
+    remat = compiled_convolutions(models.create("cifar", 8, "A", remat=True), x)
+    assert remat > plain
+    assert compiled_convolutions(models.create("cifar", 8, "A", remat=True, scan_blocks=True), x) == remat
+
+
 @pytest.mark.parametrize("kernel,strides", [(3, 1), (7, 2)])
 def test_channel_padded_conv_equals_conv(kernel, strides):
     """Zero input channels with zero kernel rows: the same parameter, outputs and gradients as `conv`."""
