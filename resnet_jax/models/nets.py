@@ -27,9 +27,9 @@ class ResNet(nn.Module):
     """A stem, stages of residual blocks, global average pooling and a fully connected layer.
 
     Stage `s` (1-based) holds `stage_sizes[s-1]` blocks of width `widths[s-1]`; the first block
-    of every stage but the first (or of every stage, for a strided stem-less first stage)
-    downsamples by 2. Blocks are named `stage{s}_block{b}`; with `scan_blocks` the identical
-    blocks 1.. of a stage run under one `nn.scan` named `stage{s}_scan` (stacked variables).
+    of every stage but the first downsamples by 2. Blocks are named `stage{s}_block{b}`; with
+    `scan_blocks` the identical blocks 1.. of a stage with more than two blocks run under one
+    `nn.scan` named `stage{s}_scan` (stacked variables).
     """
 
     stem: str  # "cifar": 3x3/1 conv; "imagenet": 7x7/2 conv + 3x3/2 max-pool
