@@ -75,6 +75,22 @@ def test_plain_net_has_no_shortcut_path():
     assert np.abs(residual.apply(variables, x)).max() > 0
 
 
+@pytest.mark.parametrize("init,fan", [("fan_in", 9 * 32), ("fan_out", 9 * 64)])
+def test_he_init_and_zero_init_residual(init, fan):
+    """Convs are He-normal (std sqrt(2 / fan)); zero_init_residual zeroes each block's last BN scale only."""
+    model = models.create("cifar", 8, "B", init=init, zero_init_residual=True)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    kernel = params["stage3_block0"]["conv1"]["kernel"]  # 3x3, 32 -> 64
+    assert float(kernel.std()) == pytest.approx((2 / fan) ** 0.5, rel=0.03)
+    for s in (1, 2, 3):
+        block = params[f"stage{s}_block0"]
+        np.testing.assert_array_equal(block["bn2"]["scale"], 0)
+        np.testing.assert_array_equal(block["bn1"]["scale"], 1)
+        if s > 1:
+            np.testing.assert_array_equal(block["shortcut_bn"]["scale"], 1)
+    np.testing.assert_array_equal(params["bn1"]["scale"], 1)
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
