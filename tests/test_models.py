@@ -75,6 +75,22 @@ def test_plain_net_has_no_shortcut_path():
     assert np.abs(residual.apply(variables, x)).max() > 0
 
 
+@pytest.mark.parametrize("init,fan", [("fan_in", 9 * 32), ("fan_out", 9 * 64)])
+def test_he_init_and_zero_init_residual(init, fan):
+    """Convs are He-normal (std sqrt(2 / fan)); zero_init_residual zeroes each block's last BN scale only."""
+    model = models.create("cifar", 8, "B", init=init, zero_init_residual=True)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    kernel = params["stage3_block0"]["conv1"]["kernel"]  # 3x3, 32 -> 64
+    assert float(kernel.std()) == pytest.approx((2 / fan) ** 0.5, rel=0.03)
+    for s in (1, 2, 3):
+        block = params[f"stage{s}_block0"]
+        np.testing.assert_array_equal(block["bn2"]["scale"], 0)
+        np.testing.assert_array_equal(block["bn1"]["scale"], 1)
+        if s > 1:
+            np.testing.assert_array_equal(block["shortcut_bn"]["scale"], 1)
+    np.testing.assert_array_equal(params["bn1"]["scale"], 1)
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
@@ -149,6 +165,24 @@ def test_remat_does_not_change_the_gradients():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g2)
 
 
+def compiled_convolutions(model, x):
+    """Convolutions in the compiled gradient: remat adds recomputed forward ones."""
+    variables = model.init(jax.random.key(0), x)
+    y = jnp.arange(x.shape[0]) % 10
+    grad = jax.jit(lambda v: loss_and_grads(model, v, x, y))
+    return grad.lower(variables).compile().as_text().count(" convolution(")
+
+
+def test_remat_survives_scan_blocks_on_unscanned_blocks():
+    """Blocks outside the scan (here all: one block per stage) keep their recomputation; with
+    prevent_cse=False outside a scan XLA's CSE merged it back into the forward."""
+    x = jnp.ones((4, 8, 8, 3))
+    plain = compiled_convolutions(models.create("cifar", 8, "A"), x)
+    remat = compiled_convolutions(models.create("cifar", 8, "A", remat=True), x)
+    assert remat > plain
+    assert compiled_convolutions(models.create("cifar", 8, "A", remat=True, scan_blocks=True), x) == remat
+
+
 @pytest.mark.parametrize("kernel,strides", [(3, 1), (7, 2)])
 def test_channel_padded_conv_equals_conv(kernel, strides):
     """Zero input channels with zero kernel rows: the same parameter, outputs and gradients as `conv`."""
@@ -212,6 +246,16 @@ class TestBatchNormGroups:
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), dict(state), mean_of_parts
         )
+
+    @pytest.mark.parametrize("group,batch", [(4, 6), (4, 10), (8, 4)])
+    def test_group_size_that_does_not_divide_the_batch_is_refused(self, group, batch):
+        """Not silently one group of 6 (or two of 5) for groups of 4, nor a ZeroDivisionError."""
+        from resnet_jax.models.layers import BatchNorm
+
+        bn = BatchNorm(train=True, group_size=group)
+        message = f"BN group size {group} does not divide the batch of {batch}"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            bn.init(jax.random.key(0), jnp.ones((batch, 2, 2, 3)))
 
     def test_global_differs_from_grouped(self):
         model = models.create("cifar", 8, "A")

@@ -44,6 +44,12 @@ def test_stages_add_up_and_scan_does_not_change_the_count():
     assert sum(stages.values()) == count_macs(models.create("cifar", 20, "A"), 32) == 40_551_040
 
 
+def test_channel_padded_stem_does_not_change_the_count():
+    """The padded stem is the same convolution: its multiply-adds still count (benchmarks' MFU)."""
+    model = models.create("imagenet", 50, "B", 1000, stride_on="3x3", stem_channels=4)
+    assert count_macs(model, 224) == 4_089_184_256
+
+
 def test_option_b_counts_its_projections():
     a, b = (count_macs(models.create("cifar", 20, s), 32) for s in "AB")
     assert b - a == 16 * 16 * 16 * 32 + 8 * 8 * 32 * 64

@@ -111,9 +111,9 @@ class BatchNorm(nn.Module):
 def _group_moments(x: jax.Array, group_size: int) -> tuple[jax.Array, jax.Array]:
     """Per-group mean and (biased) variance over all axes but channels: [G, C] each."""
     n = x.shape[0]
-    g = 1 if group_size in (0, n) else n // group_size
-    if g * (n // g) != n:
+    if group_size < 0 or (group_size and n % group_size):
         raise ValueError(f"BN group size {group_size} does not divide the batch of {n}")
+    g = n // group_size if group_size else 1
     xg = x.reshape((g, -1, x.shape[-1]))
     mean = xg.mean(1)
     var = jnp.maximum((xg * xg).mean(1) - mean * mean, 0.0)

@@ -27,9 +27,9 @@ class ResNet(nn.Module):
     """A stem, stages of residual blocks, global average pooling and a fully connected layer.
 
     Stage `s` (1-based) holds `stage_sizes[s-1]` blocks of width `widths[s-1]`; the first block
-    of every stage but the first (or of every stage, for a strided stem-less first stage)
-    downsamples by 2. Blocks are named `stage{s}_block{b}`; with `scan_blocks` the identical
-    blocks 1.. of a stage run under one `nn.scan` named `stage{s}_scan` (stacked variables).
+    of every stage but the first downsamples by 2. Blocks are named `stage{s}_block{b}`; with
+    `scan_blocks` the identical blocks 1.. of a stage with more than two blocks run under one
+    `nn.scan` named `stage{s}_scan` (stacked variables).
     """
 
     stem: str  # "cifar": 3x3/1 conv; "imagenet": 7x7/2 conv + 3x3/2 max-pool
@@ -77,9 +77,10 @@ class ResNet(nn.Module):
         return nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(x)
 
     def stage(self, x: jax.Array, s: int, n: int, width: int, train: bool) -> jax.Array:
-        block_cls = BasicBlock if self.block == "basic" else BottleneckBlock
+        block_cls = scanned_cls = BasicBlock if self.block == "basic" else BottleneckBlock
         if self.remat:
-            block_cls = nn.remat(block_cls, prevent_cse=not self.scan_blocks)
+            # prevent_cse=False is safe only under scan: elsewhere XLA's CSE undoes the remat.
+            block_cls, scanned_cls = nn.remat(block_cls), nn.remat(block_cls, prevent_cse=False)
         kwargs: dict[str, Any] = dict(
             features=width,
             shortcut=self.shortcut,
@@ -102,7 +103,7 @@ class ResNet(nn.Module):
                 length=n - 1,
                 unroll=min(self.scan_unroll, n - 1),
             )
-            x, _ = body(functools.partial(block_cls, strides=1, **kwargs), name=f"stage{s}_scan")(x, None)
+            x, _ = body(functools.partial(scanned_cls, strides=1, **kwargs), name=f"stage{s}_scan")(x, None)
         else:
             for b in range(1, n):
                 x = block_cls(strides=1, name=f"stage{s}_block{b}", **kwargs)(x)
