@@ -193,8 +193,9 @@ def large_batch(c: ml_collections.ConfigDict, batch: int) -> None:
 
 
 def steps_per_epoch(batch: int) -> int:
-    """ImageNet training steps per epoch at this global batch (rounded up)."""
-    return -(-IMAGENET_TRAIN_EXAMPLES // batch)
+    """ImageNet training steps per epoch at this global batch: full batches only, as the trainer counts
+    them (`optim.steps_for`; the input pipeline drops each epoch's remainder)."""
+    return IMAGENET_TRAIN_EXAMPLES // batch
 
 
 def imagenet_config(
