@@ -61,6 +61,43 @@ def test_cifar_depth_has_the_papers_points():
         sweep.expand(points, only=["resnet21"])
 
 
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        # Table 2 and Fig. 4: plain-18/34 against ResNet-18/34 (A); Table 3: ResNet-50/101/152 (B).
+        (
+            "imagenet_depth",
+            {
+                "plain18": (18, "none"),
+                "plain34": (34, "none"),
+                "resnet18": (18, "A"),
+                "resnet34": (34, "A"),
+                "resnet50": (50, "B"),
+                "resnet101": (101, "B"),
+                "resnet152": (152, "B"),
+            },
+        ),
+        # Table 3: plain-34 and ResNet-34 with options A, B, C.
+        (
+            "imagenet_shortcuts",
+            {
+                "plain34": (34, "none"),
+                "resnet34-A": (34, "A"),
+                "resnet34-B": (34, "B"),
+                "resnet34-C": (34, "C"),
+            },
+        ),
+    ],
+)
+def test_imagenet_sweeps_have_the_papers_nets(name, expected):
+    points = sweep.load_sweep(f"configs/sweeps/{name}.py")
+    nets = {}
+    for p in points:
+        c = experiments.load_config(p["config"])
+        nets[p["name"]] = (c.model.depth, c.model.shortcut)
+    assert nets == expected
+
+
 def test_print_mode_prints_commands_and_marks_finished_runs(tmp_path, capsys):
     done = tmp_path / "resnet20-seed0"
     done.mkdir()
