@@ -86,6 +86,8 @@ def test_config_loads_with_schema_keys(name, arg):
     assert c.batch_size % 8 == 0 and c.data.num_classes in (10, 100, 1000)
     if arg and "smoke" in arg:
         assert c.data.name == "synthetic" and 0 < c.num_train_steps <= 10 and c.eval_every_steps < 10
+        for num_devices in (1, 8):  # a smoke config runs as it is (batch=N,smoke: ghost BN included)
+            train.check_config(c, num_devices)
 
 
 @pytest.mark.parametrize("name,arg", BAD_ARGS)
