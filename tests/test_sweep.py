@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from resnet_jax import experiments, sweep
+from resnet_jax import experiments, sweep, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEPS = {
@@ -96,6 +96,14 @@ def test_imagenet_sweeps_have_the_papers_nets(name, expected):
         c = experiments.load_config(p["config"])
         nets[p["name"]] = (c.model.depth, c.model.shortcut)
     assert nets == expected
+
+
+@pytest.mark.parametrize("spec", ["cifar_depth.py", "cifar_depth.py:val", "cifar_shortcuts.py"])
+def test_cifar_sweeps_take_the_documented_gpu_override_steps_per_call_50(spec):
+    for run in sweep.expand(sweep.load_sweep(f"configs/sweeps/{spec}")):
+        c = experiments.load_config(run.config)
+        c.steps_per_call = 50
+        train.check_intervals(c, c.num_train_steps)
 
 
 def test_print_mode_prints_commands_and_marks_finished_runs(tmp_path, capsys):
