@@ -97,6 +97,8 @@ def smoke(c: ml_collections.ConfigDict) -> None:
     c.data.eval_crop = "center"
     c.data.shuffle_buffer = 64
     c.data.image_size = 64 if c.model.family == "imagenet" else 32
+    if c.model.bn == "ghost":  # batch=N,smoke: groups of 2, the per-device batch on 8 devices
+        c.model.bn_group_size = 2
 
 
 def cifar_config(arg: str | None, dataset: str = "cifar10") -> ml_collections.ConfigDict:
@@ -193,8 +195,9 @@ def large_batch(c: ml_collections.ConfigDict, batch: int) -> None:
 
 
 def steps_per_epoch(batch: int) -> int:
-    """ImageNet training steps per epoch at this global batch (rounded up)."""
-    return -(-IMAGENET_TRAIN_EXAMPLES // batch)
+    """ImageNet training steps per epoch at this global batch: full batches only, as the trainer counts
+    them (`optim.steps_for`; the input pipeline drops each epoch's remainder)."""
+    return IMAGENET_TRAIN_EXAMPLES // batch
 
 
 def imagenet_config(

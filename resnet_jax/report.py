@@ -138,13 +138,17 @@ def summarise(point: str, runs: list[RunResult]) -> dict:
     # data.val_split > 0: the run evaluated on images held out of the training split, not on the test set,
     # so the paper's test errors are no reference for it and the row says which set it is.
     held_out = int(cfg(runs[0].config, "data.val_split", 0) or 0)
-    ref = None if held_out else paper.reference(dataset, depth, shortcut)
+    # The paper's bottlenecks stride on their first 1x1 (v1); a v1.5 net (stride on the 3x3) is another
+    # architecture, for which the paper has no number.
+    v15 = cfg(runs[0].config, "model.family") == "imagenet" and depth >= 50
+    v15 = v15 and cfg(runs[0].config, "model.stride_on", "1x1") == "3x3"
+    ref = None if held_out or v15 else paper.reference(dataset, depth, shortcut)
     row = {
         "point": point,
         "dataset": dataset,
         "kind": kind,
         "depth": depth,
-        "arch": paper.arch_name(depth, shortcut),
+        "arch": paper.arch_name(depth, shortcut) + ("-v1.5" if v15 else ""),
         "eval_set": f"val ({held_out:,} held-out training images)" if held_out else "test",
         "runs": len(runs),
         "done": sum(bool(r.summary.get("done")) for r in runs),

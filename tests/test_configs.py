@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import experiments, paper, train
+from resnet_jax import experiments, optim, paper, train
 from resnet_jax.config import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -86,6 +86,8 @@ def test_config_loads_with_schema_keys(name, arg):
     assert c.batch_size % 8 == 0 and c.data.num_classes in (10, 100, 1000)
     if arg and "smoke" in arg:
         assert c.data.name == "synthetic" and 0 < c.num_train_steps <= 10 and c.eval_every_steps < 10
+        for num_devices in (1, 8):  # a smoke config runs as it is (batch=N,smoke: ghost BN included)
+            train.check_config(c, num_devices)
 
 
 @pytest.mark.parametrize("name,arg", BAD_ARGS)
@@ -143,8 +145,17 @@ def test_pod_scaling_follows_goyal_et_al():
         5.0,
     )
     assert (c.model.bn, c.model.bn_group_size) == ("ghost", 32)
-    assert c.eval_every_steps == 2 * 157  # two epochs of 1,281,167 images at 8192
+    assert c.eval_every_steps == 2 * 156  # two epochs of 1,281,167 images at 8192 (full batches)
     assert c.model.zero_init_residual
+
+
+@pytest.mark.parametrize("arg", [None, "batch=1024", "batch=4096", "batch=8192"])
+def test_imagenet_evaluates_and_checkpoints_on_the_trainers_epoch_boundaries(arg):
+    """Evaluations "every 2 epochs" in the trainer's epochs: full batches of the 1,281,167 training images."""
+    c = load("imagenet_r50", arg)
+    steps_per_epoch, _ = optim.steps_for(c, experiments.IMAGENET_TRAIN_EXAMPLES)
+    assert c.eval_every_steps == 2 * steps_per_epoch
+    assert c.checkpoint_every_steps == steps_per_epoch
 
 
 @pytest.mark.parametrize("name", ["imagenet_plain18", "imagenet_plain34"])

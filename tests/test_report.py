@@ -97,6 +97,17 @@ def test_a_held_out_validation_run_is_not_set_beside_the_papers_test_error(tmp_p
     assert "| resnet20 | cifar10 resnet20-A, val (5,000 held-out training images) | – | 9.00 |" in md
 
 
+def test_a_v15_run_is_named_so_and_not_set_beside_the_papers_v1_number(tmp_path):
+    """configs/imagenet_r50.py:v1.5 strides on the 3x3 (torchvision): the paper's 22.85% is for v1."""
+    sweep = tmp_path / "r50"
+    fabricate_run(sweep / "resnet50-seed0", "configs/imagenet_r50.py", 23.0)
+    fabricate_run(sweep / "resnet50-v15-seed0", "configs/imagenet_r50.py:v1.5", 22.5)
+    rows = {r["point"]: r for r in report.report(sweep)}
+    assert (rows["resnet50"]["arch"], rows["resnet50"]["paper_top1"]) == ("resnet50-B", 22.85)
+    assert (rows["resnet50-v15"]["arch"], rows["resnet50-v15"]["paper_top1"]) == ("resnet50-B-v1.5", None)
+    assert "| resnet50-v15 | imagenet2012 resnet50-B-v1.5 | – | 22.50 |" in (sweep / "results.md").read_text()
+
+
 def test_report_imagenet_shows_top5_and_cli(tmp_path, capsys):
     sweep = tmp_path / "imagenet_shortcuts"
     fabricate_run(sweep / "resnet34-C-seed0", "configs/imagenet_r34.py:C", 24.0)

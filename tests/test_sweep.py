@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from resnet_jax import experiments, sweep
+from resnet_jax import experiments, sweep, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEPS = {
@@ -59,6 +59,51 @@ def test_cifar_depth_has_the_papers_points():
     assert [sweep.run_name(r) for r in sweep.expand(points, only=["resnet20"])] == ["resnet20-seed0"]
     with pytest.raises(ValueError):
         sweep.expand(points, only=["resnet21"])
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        # Table 2 and Fig. 4: plain-18/34 against ResNet-18/34 (A); Table 3: ResNet-50/101/152 (B).
+        (
+            "imagenet_depth",
+            {
+                "plain18": (18, "none"),
+                "plain34": (34, "none"),
+                "resnet18": (18, "A"),
+                "resnet34": (34, "A"),
+                "resnet50": (50, "B"),
+                "resnet101": (101, "B"),
+                "resnet152": (152, "B"),
+            },
+        ),
+        # Table 3: plain-34 and ResNet-34 with options A, B, C.
+        (
+            "imagenet_shortcuts",
+            {
+                "plain34": (34, "none"),
+                "resnet34-A": (34, "A"),
+                "resnet34-B": (34, "B"),
+                "resnet34-C": (34, "C"),
+            },
+        ),
+    ],
+)
+def test_imagenet_sweeps_have_the_papers_nets(name, expected):
+    points = sweep.load_sweep(f"configs/sweeps/{name}.py")
+    nets = {}
+    for p in points:
+        c = experiments.load_config(p["config"])
+        nets[p["name"]] = (c.model.depth, c.model.shortcut)
+    assert nets == expected
+
+
+@pytest.mark.parametrize("spec", ["cifar_depth.py", "cifar_depth.py:val", "cifar_shortcuts.py"])
+def test_cifar_sweeps_take_the_documented_gpu_override_steps_per_call_50(spec):
+    for run in sweep.expand(sweep.load_sweep(f"configs/sweeps/{spec}")):
+        c = experiments.load_config(run.config)
+        c.steps_per_call = 50
+        train.check_intervals(c, c.num_train_steps)
 
 
 def test_print_mode_prints_commands_and_marks_finished_runs(tmp_path, capsys):

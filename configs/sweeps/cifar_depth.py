@@ -9,8 +9,9 @@ and ResNet-1202.
 The argument's tokens are appended to every point's config argument (e.g. "smoke", "val"). ResNet-110
 runs 5 seeds by default, as the paper's "best of 5 (mean 6.61 ± 0.16)"; --seeds=N sets every point's.
 Paper: ResNet 8.75 / 7.51 / 7.17 / 6.97 / 6.43 / 7.93% for 20 ... 1202; plain nets worse with depth.
-Expected time on one H200 -- ESTIMATE from the step times in configs/cifar10.py: ResNets 20-110
-2,585 s, plain nets the same, 4 more ResNet-110 seeds 4,864 s, ResNet-1202 12,736 s: ~6.3 h in all.
+Expected time on one H200 with --override=steps_per_call=50 -- ESTIMATE from the times in configs/cifar10.py
+(ResNet-20 132 s measured; 32 ~3 min, 44 ~4.5, 56 5.5, 110 15, 1202 2.6 h): ResNets 20-110 ~30 min,
+plain nets the same, 4 more ResNet-110 seeds ~1 h, ResNet-1202 2.6 h: ~4.6 h in all.
 """
 
 from resnet_jax import experiments

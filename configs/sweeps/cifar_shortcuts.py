@@ -6,8 +6,8 @@ options only on ImageNet (Table 3); on CIFAR it uses A throughout (Table 6: 8.75
     python -m resnet_jax.report runs/cifar_shortcuts
 
 Argument: depths and config tokens, e.g. "20,56" or "110,smoke" (default depths 20, 56, 110).
-Expected time on one H200 -- ESTIMATE from configs/cifar10.py (projections add little):
-3 x (127 + 557 + 1,216 s) = ~1.6 h.
+Expected time on one H200 with --override=steps_per_call=50 -- ESTIMATE from configs/cifar10.py
+(projections add little): 3 x (132 s + 5.5 min + 15 min) = ~1.1 h.
 """
 
 from resnet_jax import experiments
