@@ -511,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.set_verbosity(logging.ERROR)  # orbax warns about read-only managers
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(__doc__.strip())
+        print(f"\n`python -m resnet_jax.analyze <{'|'.join(COMMANDS)}> --help` lists a command's flags.")
+        return 0
     try:
         args = parse_args(argv)
         nets = nets_from_args(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -48,16 +49,19 @@ def initialize_distributed() -> None:
         )
 
 
-def flag_error(e: Exception) -> str:
+def flag_error(e: Exception, argv: Sequence[str] = ()) -> str:
     """One sentence for a bad flag, config file, config argument or override key."""
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     unknown = re.search(r"'([\w.]+)'\s*\\?n?\s*Did you mean \"([\w.]+)\"", text.replace("\\'", "'"))
-    if unknown or isinstance(e, KeyError):
-        key = unknown.group(1) if unknown else text.strip("'")
-        hint = f" (did you mean {unknown.group(2)!r}?)" if unknown else ""
-        return (
-            f"unknown config key {key!r} in a --config override{hint}; the keys are in resnet_jax/config.py"
-        )
+    bare_key = re.fullmatch(r"""["']*([\w.]+)["']*""", text.strip())
+    if unknown or isinstance(e, KeyError) or (isinstance(e, AttributeError) and bare_key):
+        key = unknown.group(1) if unknown else bare_key.group(1) if bare_key else text.strip("'")
+        hint = unknown.group(2) if unknown else None
+        # ml_collections names only the last part of the key: take the whole of it from the override
+        path = next((m.group(1) for a in argv if (m := re.match(rf"--config\.((?:\w+\.)*{key})=", a))), key)
+        hint = f" (did you mean {path[: len(path) - len(key)] + hint!r}?)" if hint else ""
+        where = f"in a --config override{hint}"
+        return f"unknown config key {path!r} {where}; the keys are in resnet_jax/config.py"
     flat = " ".join(text.split())
     if "Failed loading config file" in flat:
         path = flat.split("Attempted [Relative path]:")[-1].split(" [Errno")[0].strip()
@@ -77,7 +81,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (flags.Error, KeyError, AttributeError, OSError, ValueError, TypeError) as e:
         if "--verbose" in argv:
             raise
-        print(f"error: {flag_error(e)}", file=sys.stderr)
+        print(f"error: {flag_error(e, argv)}", file=sys.stderr)
         sys.exit(USAGE_EXIT)
 
 

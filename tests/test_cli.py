@@ -124,6 +124,11 @@ def test_the_cli_exits_2_with_one_sentence_and_no_traceback(tmp_path):
     tiny = ["--config=tests/configs/tiny.py", f"--workdir={tmp_path / 'w'}"]
     cases = {
         "typo in an override": ([*tiny, "--config.modle.depth=3"], "unknown config key 'modle'"),
+        "typo in a top-level key": ([*tiny, "--config.lerning_rate=3"], "unknown config key 'lerning_rate'"),
+        "typo in a nested key": (
+            [*tiny, "--config.model.detph=3"],
+            "unknown config key 'model.detph' in a --config override (did you mean 'model.depth'?)",
+        ),
         "bad config argument": (["--config=configs/cifar10.py:resnet21", f"--workdir={tmp_path}"], "6n+2"),
         "missing config file": (["--config=configs/nope.py", f"--workdir={tmp_path}"], "configs/nope.py"),
         "model error": ([*tiny, "--config.model.shortcut=D"], "shortcut must be one of"),
