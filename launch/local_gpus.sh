@@ -4,7 +4,7 @@
 #
 # Usage: launch/local_gpus.sh [--gpus=0,1,...] [--config=FILE[:ARG]] [--workdir=DIR] [--dry-run]
 #                             [-- extra trainer flags]
-# Defaults: all GPUs, --config=configs/imagenet_r50.py, --workdir=runs/<config name>.
+# Defaults: all GPUs, --config=configs/imagenet_r50.py, --workdir=runs/<config name>[-<its argument>].
 # Environment: PYTHON (default python3). Rerun the same command to resume.
 set -euo pipefail
 
@@ -24,10 +24,10 @@ while (($#)); do
   esac
   shift
 done
-workdir="${workdir:-runs/$(basename "${config%%:*}" .py)}"
 cd "$(dirname "$0")/.."
 # shellcheck source=/dev/null
 source launch/lib.sh
+workdir="${workdir:-runs/$(run_name "$config")}"
 
 cmd=("${PYTHON:-python3}" -m resnet_jax.main "--config=$config" "--workdir=$workdir" "${extra[@]}")
 [[ -n "$gpus" ]] && cmd=(env "CUDA_VISIBLE_DEVICES=$gpus" "${cmd[@]}")

@@ -11,7 +11,7 @@
 #   --project=PROJECT         Google Cloud project         (default: gcloud's configured one)
 #   --spot                    create a Spot VM
 #   --config=FILE[:ARG]       training config              (default: configs/imagenet_r50.py)
-#   --workdir=DIR             shared by all workers        (default: gs://$BUCKET/resnet_jax/<config name>)
+#   --workdir=DIR             shared by all workers        (default: gs://$BUCKET/resnet_jax/<config name>[-<arg>])
 #   --workers=N               hosts in the slice           (default: asked from gcloud; --dry-run guesses)
 #   --python=PYTHON           interpreter for the venv     (default: python3.11, installed with apt)
 #   --keep                    keep the VM at the end (rerun with the same --name to resume)
@@ -52,7 +52,9 @@ while (($#)); do
   shift
 done
 
-stem="$(basename "${config%%:*}" .py)"
+# shellcheck source=/dev/null
+source "$(dirname "$0")/lib.sh"
+stem="$(run_name "$config")"
 if [[ -z "$workdir" ]]; then
   if [[ -n "${BUCKET:-}" ]]; then
     workdir="gs://${BUCKET}/resnet_jax/${stem}"
@@ -84,8 +86,6 @@ guess_workers() {
   esac
 }
 
-# shellcheck source=/dev/null
-source "$(dirname "$0")/lib.sh"
 # Print a command; run it unless --dry-run.
 run() {
   show "$@"

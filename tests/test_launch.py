@@ -84,6 +84,16 @@ def test_tpu_dry_run_defaults():
     assert lines[-1] == "gcloud compute tpus tpu-vm delete resnet-jax-alice --zone=us-central2-b --quiet"
 
 
+def test_default_workdirs_keep_the_config_argument_apart():
+    """configs/imagenet_r34.py:C and :A (or no argument) must not share a run folder."""
+    tpu = sh(
+        "launch/tpu_vm.sh", "--dry-run", "--config=configs/imagenet_r34.py:C", env={"TMPDIR": "/tmp"}
+    ).stdout
+    assert "--workdir=gs://BUCKET/resnet_jax/imagenet_r34-C'" in tpu
+    gpus = sh("launch/local_gpus.sh", "--dry-run", "--config=configs/imagenet_r50.py:batch=1024,smoke").stdout
+    assert "--workdir=runs/imagenet_r50-batch-1024-smoke " in gpus
+
+
 def test_tpu_dry_run_pod_slice_runs_every_worker():
     out = sh(
         "launch/tpu_vm.sh",
@@ -161,7 +171,7 @@ def test_slurm_job_starts_one_process_per_gpu(tmp_path):
         "launch/slurm_gpu.sbatch", "--config=configs/cifar10.py:resnet56", "--", "--config.seed=1", env=env
     ).stdout.splitlines()
     common = (
-        f"-m resnet_jax.main --config=configs/cifar10.py:resnet56 --workdir={ROOT}/runs/cifar10 "
+        f"-m resnet_jax.main --config=configs/cifar10.py:resnet56 --workdir={ROOT}/runs/cifar10-resnet56 "
         "--coordinator_address=nodeA:12355 --num_processes=2 --config.seed=1"
     )
     assert out[1:] == [f"gpu=0 {common} --process_id=0", f"gpu=1 {common} --process_id=1"]
