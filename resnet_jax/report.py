@@ -142,14 +142,25 @@ def summarise(point: str, runs: list[RunResult]) -> dict:
     # architecture, for which the paper has no number.
     v15 = cfg(runs[0].config, "model.family") == "imagenet" and depth >= 50
     v15 = v15 and cfg(runs[0].config, "model.stride_on", "1x1") == "3x3"
-    ref = None if held_out or v15 else paper.reference(dataset, depth, shortcut)
+    # The paper's ImageNet errors are 10-crop on the validation set: a centre-crop run gets none beside it.
+    imagenet = cfg(runs[0].config, "model.family") == "imagenet"
+    crop = cfg(runs[0].config, "data.eval_crop", "center")
+    ref = (
+        None if held_out or v15 or (imagenet and crop != "ten") else paper.reference(dataset, depth, shortcut)
+    )
+    if held_out:
+        eval_set = f"val ({held_out:,} held-out training images)"
+    elif imagenet:
+        eval_set = "validation, " + ("10-crop" if crop == "ten" else "center crop")
+    else:
+        eval_set = "test"
     row = {
         "point": point,
         "dataset": dataset,
         "kind": kind,
         "depth": depth,
         "arch": paper.arch_name(depth, shortcut) + ("-v1.5" if v15 else ""),
-        "eval_set": f"val ({held_out:,} held-out training images)" if held_out else "test",
+        "eval_set": eval_set,
         "runs": len(runs),
         "done": sum(bool(r.summary.get("done")) for r in runs),
         "paper_top1": ref.top1 if ref else None,
@@ -213,8 +224,9 @@ def markdown(rows: list[dict], source: epath.PathLike) -> str:
         f"# Results of {source}",
         "",
         "Errors in percent; mean ± std over seeds (runs = finished / all). Test error: the trainer's "
-        "evaluation set (CIFAR test set, ImageNet validation set with the config's crops; rows marked val: "
-        "the images held out of the training split by data.val_split, with no paper number beside). "
+        "evaluation set (CIFAR test set, ImageNet validation set with the config's crops: the paper's "
+        "numbers are 10-crop, so only 10-crop rows get one; rows marked val: the images held out of the "
+        "training split by data.val_split, with no paper number beside). "
         "Device-hours: summed over seeds.",
         "",
         "| " + " | ".join(head) + " |",
@@ -224,7 +236,8 @@ def markdown(rows: list[dict], source: epath.PathLike) -> str:
         wall = fmt(r["wall_time_s_mean"] / 3600 if r["wall_time_s_mean"] is not None else None)
         cells = [
             r["point"],
-            f"{r['dataset']} {r['arch']}" + (f", {r['eval_set']}" if r["eval_set"] != "test" else ""),
+            f"{r['dataset']} {r['arch']}"
+            + (f", {r['eval_set']}" if r["eval_set"].startswith("val ") else ""),
             paper_cell(r),
             fmt(r["final_top1_mean"], r["final_top1_std"]),
             fmt(r["best_top1_mean"], r["best_top1_std"]),

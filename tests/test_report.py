@@ -108,6 +108,16 @@ def test_a_v15_run_is_named_so_and_not_set_beside_the_papers_v1_number(tmp_path)
     assert "| resnet50-v15 | imagenet2012 resnet50-B-v1.5 | – | 22.50 |" in (sweep / "results.md").read_text()
 
 
+def test_imagenet_rows_name_their_crops_and_only_10_crop_gets_the_papers_number(tmp_path):
+    """The paper's ImageNet errors are 10-crop on the validation set, not the test set."""
+    sweep = tmp_path / "r34"
+    fabricate_run(sweep / "ten-seed0", "configs/imagenet_r34.py", 25.0)
+    fabricate_run(sweep / "center-seed0", "configs/imagenet_r34.py:smoke", 26.0)  # smoke: centre crop
+    rows = {r["point"]: r for r in report.report(sweep)}
+    assert (rows["ten"]["eval_set"], rows["ten"]["paper_top1"]) == ("validation, 10-crop", 25.03)
+    assert (rows["center"]["eval_set"], rows["center"]["paper_top1"]) == ("validation, center crop", None)
+
+
 def test_report_imagenet_shows_top5_and_cli(tmp_path, capsys):
     sweep = tmp_path / "imagenet_shortcuts"
     fabricate_run(sweep / "resnet34-C-seed0", "configs/imagenet_r34.py:C", 24.0)
