@@ -239,8 +239,8 @@ full_run() {
   fi
 }
 
-DEFAULT_ITEMS="r20_default r20_conv_fusion r20_conv_fusion_while r20_full_best peer_r50 r50_v15 r56_conv_fusion_while \
-r50_v15_auto_layout r50_conv_fusion aot_check r20_b256 r20_full_b256 profile_r20 r50_v15_stem4 r56_b256 r20_f32 peer_torch_eager \
+DEFAULT_ITEMS="r20_default r20_conv_fusion r20_conv_fusion_while r20_full_best peer_r50 r50_v15 r50_v15_auto_layout \
+r56_conv_fusion_while r50_conv_fusion aot_check r20_b256 r20_full_b256 profile_r20 r50_v15_stem4 r56_b256 r20_f32 peer_torch_eager \
 profile_r50 r20_cmdbuf_unroll r20_concurrent r20_runtime_fusion r20_nhwc peer_torch_compile"
 for name in ${ITEMS:-$DEFAULT_ITEMS}; do run_item "$name"; done
 
