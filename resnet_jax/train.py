@@ -699,6 +699,16 @@ def check_workdir(workdir: str) -> None:
         ) from None
 
 
+def check_resume_step(start_step: int, steps_per_call: int, workdir: str) -> None:
+    """Calls of steps_per_call steps from a checkpoint off their grid would overshoot the run's end
+    and never meet a log, eval or checkpoint step (a checkpoint saved with another steps_per_call)."""
+    if start_step % steps_per_call:
+        raise ConfigError(
+            f"the checkpoint in {workdir} is at step {start_step}, not a multiple of steps_per_call "
+            f"({steps_per_call}); resume with --config.steps_per_call=1 (or a divisor of {start_step})"
+        )
+
+
 def checkpoint_failure(mngr: ocp.CheckpointManager, step: int, e: Exception) -> TrainingError:
     """Let earlier asynchronous saves finish, then name the last complete checkpoint."""
     try:
@@ -728,6 +738,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     restored = restore_checkpoint(mngr, run.abstract_state()) if mngr.all_steps() else None
     state, clock_state = restored if restored is not None else (run.init(), {})
     start_step = int(jax.device_get(state.step))
+    check_resume_step(start_step, cfg.steps_per_call, workdir)
     params_count = models.count_params(state.params)
     update, evaluate_step, schedule, k = run.update, run.evaluate_step, run.schedule, cfg.steps_per_call
 

@@ -255,6 +255,15 @@ def test_steps_per_call_fuses_steps_without_changing_them(tmp_path):
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
+def test_steps_per_call_off_the_checkpoint_step_is_refused(tmp_path):
+    """A checkpoint at step 3 resumed at 2 steps per call used to run on to step 5 of a 4-step run."""
+    first = {"num_train_steps": 3, "log_every_steps": 1, "eval_every_steps": 3, "checkpoint_every_steps": 1}
+    train.train_and_evaluate(tiny_config(**first), str(tmp_path))
+    with pytest.raises(train.ConfigError, match="at step 3, not a multiple of steps_per_call"):
+        train.train_and_evaluate(tiny_config(steps_per_call=2), str(tmp_path))
+    assert checkpoint_steps(tmp_path)[-1] == 3
+
+
 def test_batch_sharding_layout():
     mesh = mesh_of(8)
     batch = train.to_global({"index": np.arange(16, dtype=np.int32)}, mesh, True)
