@@ -6,6 +6,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import CIFAR_TAR, assert_trees_equal, checkpoint_steps, read_metrics, restore_state, tiny_config
 from jax.sharding import Mesh, NamedSharding
@@ -211,6 +212,20 @@ def test_weight_decay_can_exclude_bn_and_biases():
         "fc": {"kernel": True, "bias": False},
     }
     assert all(jax.tree.leaves(optim.decay_mask(params, True)))
+
+
+def test_sgd_is_torch_style_so_a_new_lr_applies_at_once():
+    """v <- m v + (g + wd w); w <- w - lr v, the lr of the step multiplying the whole velocity."""
+    cfg = tiny_config(**{"schedule.boundaries": (2,), "optimizer.weight_decay": 0.5})
+    tx, _ = optim.create(cfg, 16, 10, 10)
+    w, g = {"kernel": jnp.array(1.0)}, {"kernel": jnp.array(2.0)}
+    state, v, expected = tx.init(w), 0.0, float(w["kernel"])
+    for lr in (0.1, 0.1, 0.01):  # the boundary: step 2 runs at 0.01
+        updates, state = tx.update(g, state, w)
+        w = optax.apply_updates(w, updates)
+        v = 0.9 * v + (2.0 + 0.5 * expected)
+        expected -= lr * v
+        assert float(w["kernel"]) == pytest.approx(expected, rel=1e-6)
 
 
 def test_nonfinite_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path):
