@@ -614,6 +614,10 @@ def parse_profile_steps(spec: str) -> tuple[int, int] | None:
         a, b = (int(x) for x in spec.split(":"))
     except ValueError:
         raise ConfigError(f"profile_steps must look like '100:110'; got {spec!r}") from None
+    if not 0 <= a < b:
+        raise ConfigError(
+            f"profile_steps must be 'first:end' with 0 <= first < end, e.g. '100:110'; got {spec!r}"
+        )
     return a, b
 
 
@@ -761,10 +765,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         best_error = math.inf if saved_best is None else float(saved_best)
         last_good_checkpoint = mngr.latest_step() or "none"
         step = start_step
+        tracing = False
         with Preemption() as preemption:
             while step < total_steps:
-                if profile and step == profile[0]:
+                # From the first call at or after profile[0] (a resumed run or steps_per_call may pass it by).
+                if profile and not tracing and profile[0] <= step < profile[1]:
                     jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
+                    tracing = True
                 batch = next(batches)
                 if step == start_step:
                     t0 = time.perf_counter()
@@ -776,14 +783,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     state, metrics = update(state, batch, inputs.arrays)
                 total = accumulate(total, metrics)
                 step += k
-                if profile and step == profile[1]:
-                    jax.block_until_ready(state)
-                    jax.profiler.stop_trace()
 
                 final = step >= total_steps
                 do_log = step % cfg.log_every_steps == 0 or final
                 # Several processes agree on preemption at log steps (a collective); one checks every step.
                 stop = preemption.should_stop() if do_log or jax.process_count() == 1 else False
+                if tracing and (step >= profile[1] or final or stop):
+                    jax.block_until_ready(state)
+                    jax.profiler.stop_trace()
+                    tracing = False
                 do_eval = step % cfg.eval_every_steps == 0 or final
                 do_ckpt = step % cfg.checkpoint_every_steps == 0 or final or stop
                 if do_log:

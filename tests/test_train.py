@@ -292,6 +292,14 @@ def test_profile_steps_write_a_trace(tmp_path):
     assert traces and traces[0].stat().st_size > 0
 
 
+def test_a_profile_range_passed_by_a_resume_or_steps_per_call_is_traced_from_there(tmp_path):
+    """Resumed at step 2 with 2 steps per call, "1:4" traces the call 2..4 (stop_trace used to raise)."""
+    train.train_and_evaluate(tiny_config(num_train_steps=2, eval_every_steps=2), str(tmp_path))
+    summary = train.train_and_evaluate(tiny_config(steps_per_call=2, profile_steps="1:4"), str(tmp_path))
+    assert summary["step"] == 4
+    assert list((tmp_path / "profile").rglob("*.xplane.pb"))
+
+
 def test_checkpoints_keep_the_latest_and_the_best_by_eval_error(tmp_path):
     cfg = tiny_config(num_train_steps=10, eval_every_steps=2, keep_checkpoints=1)
     train.train_and_evaluate(cfg, str(tmp_path))
