@@ -749,6 +749,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     try:
         writer.truncate(start_step)
+        if start_step < total_steps:  # e.g. a finished run given more steps: not done until it ends again
+            writer.discard_summary()
         clock = ProgressClock(total_steps, start_step, cfg.batch_size, num_devices, clock_state)
         writer.console(
             f"{cfg.model.family} ResNet-{cfg.model.depth} ({cfg.model.shortcut}), {params_count:,} params, "

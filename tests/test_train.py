@@ -133,6 +133,16 @@ def test_a_best_eval_error_of_zero_survives_a_resume(tmp_path):
     assert checkpoint_steps(tmp_path)[-1] == 8
 
 
+def test_a_continued_run_is_not_reported_done_before_it_ends(tmp_path):
+    """A finished run given more steps drops its old summary.json ("done" at step 4) until it ends again."""
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert json.loads((tmp_path / "summary.json").read_text())["done"]
+    longer = tiny_config(num_train_steps=8, **{"schedule.base_lr": 1e30})  # fails at its first log
+    with pytest.raises(train.TrainingError, match="non-finite loss"):
+        train.train_and_evaluate(longer, str(tmp_path))
+    assert not (tmp_path / "summary.json").exists()
+
+
 def test_eval_counts_every_example_once_with_an_uneven_last_batch():
     """100 examples in batches of 24 on 8 devices: 5 batches, the last padded and masked."""
     cfg = tiny_config(**{"data.synthetic_examples": 100, "data.eval_batch_size": 24})
