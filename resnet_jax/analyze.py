@@ -295,7 +295,13 @@ def block_grad_norms(model: Any, variables: dict, images: jax.Array, labels: jax
 
 
 def gradients(net: Net, num_batches: int = 4) -> list[dict]:
-    """Rows {block_index, block, grad_norm, batches}: per-block gradient norms, mean over training batches."""
+    """Rows {block_index, block, grad_norm, batches}: per-block gradient norms, mean over training batches.
+
+    The batches are the run's first training steps, one at a time (not `run.batches`, which stacks
+    `steps_per_call` of them).
+    """
+    from resnet_jax import train
+
     run, model = net.run, net.model
 
     @jax.jit
@@ -305,8 +311,10 @@ def gradients(net: Net, num_batches: int = 4) -> list[dict]:
 
     key = jax.random.wrap_key_data(net.rng)
     totals: dict[str, float] = {}
-    for i, batch in zip(range(num_batches), run.batches(0), strict=False):
-        host = jax.device_get(norms(net.variables, batch, run.inputs.arrays, jax.random.fold_in(key, i)))
+    for i, batch in zip(range(num_batches), run.inputs.train_batches(0), strict=False):
+        device_batch = train.to_global(batch, run.mesh, run.inputs.resident)
+        rng = jax.random.fold_in(key, i)
+        host = jax.device_get(norms(net.variables, device_batch, run.inputs.arrays, rng))
         totals = {name: totals.get(name, 0.0) + float(v) for name, v in host.items()}
     names = sorted(totals, key=block_order)
     return [

@@ -92,6 +92,12 @@ class MetricWriter:
             json.dump(summary, f, indent=2)
         os.replace(f"{path}.tmp", path)
 
+    def discard_summary(self) -> None:
+        """Remove a summary.json of an earlier end of this workdir's run, which a continuing run outdates."""
+        path = self.root / "summary.json"
+        if self.enabled and path.exists():
+            path.unlink()
+
     def sync(self, flush: bool = True) -> None:
         """Copy the local TensorBoard events of a remote workdir into `<workdir>/tensorboard`."""
         if not (self.enabled and self.remote):

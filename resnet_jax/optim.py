@@ -49,7 +49,9 @@ def decay_mask(params, decay_bn_and_bias: bool):
 def create(cfg: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int, total_steps: int):
     """(optax transformation, schedule): L2 decay added to the gradient, then SGD with momentum.
 
-    This is the update of Caffe and torch.optim.SGD: v <- m v + (g + wd w); w <- w - lr v.
+    This is torch.optim.SGD's update: v <- m v + (g + wd w); w <- w - lr v. Caffe's (the paper's
+    framework) is v <- m v + lr (g + wd w); w <- w - v: the same while lr is constant, but there a new
+    lr reaches the step over ~1/(1-m) = 10 steps, here at once.
     """
     o = cfg.optimizer
     schedule = learning_rate(cfg, batch_size, steps_per_epoch, total_steps)

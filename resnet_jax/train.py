@@ -614,6 +614,10 @@ def parse_profile_steps(spec: str) -> tuple[int, int] | None:
         a, b = (int(x) for x in spec.split(":"))
     except ValueError:
         raise ConfigError(f"profile_steps must look like '100:110'; got {spec!r}") from None
+    if not 0 <= a < b:
+        raise ConfigError(
+            f"profile_steps must be 'first:end' with 0 <= first < end, e.g. '100:110'; got {spec!r}"
+        )
     return a, b
 
 
@@ -699,6 +703,16 @@ def check_workdir(workdir: str) -> None:
         ) from None
 
 
+def check_resume_step(start_step: int, steps_per_call: int, workdir: str) -> None:
+    """Calls of steps_per_call steps from a checkpoint off their grid would overshoot the run's end
+    and never meet a log, eval or checkpoint step (a checkpoint saved with another steps_per_call)."""
+    if start_step % steps_per_call:
+        raise ConfigError(
+            f"the checkpoint in {workdir} is at step {start_step}, not a multiple of steps_per_call "
+            f"({steps_per_call}); resume with --config.steps_per_call=1 (or a divisor of {start_step})"
+        )
+
+
 def checkpoint_failure(mngr: ocp.CheckpointManager, step: int, e: Exception) -> TrainingError:
     """Let earlier asynchronous saves finish, then name the last complete checkpoint."""
     try:
@@ -728,12 +742,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     restored = restore_checkpoint(mngr, run.abstract_state()) if mngr.all_steps() else None
     state, clock_state = restored if restored is not None else (run.init(), {})
     start_step = int(jax.device_get(state.step))
+    check_resume_step(start_step, cfg.steps_per_call, workdir)
     params_count = models.count_params(state.params)
     update, evaluate_step, schedule, k = run.update, run.evaluate_step, run.schedule, cfg.steps_per_call
 
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     try:
         writer.truncate(start_step)
+        if start_step < total_steps:  # e.g. a finished run given more steps: not done until it ends again
+            writer.discard_summary()
         clock = ProgressClock(total_steps, start_step, cfg.batch_size, num_devices, clock_state)
         writer.console(
             f"{cfg.model.family} ResNet-{cfg.model.depth} ({cfg.model.shortcut}), {params_count:,} params, "
@@ -750,10 +767,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         best_error = math.inf if saved_best is None else float(saved_best)
         last_good_checkpoint = mngr.latest_step() or "none"
         step = start_step
+        tracing = False
         with Preemption() as preemption:
             while step < total_steps:
-                if profile and step == profile[0]:
+                # From the first call at or after profile[0] (a resumed run or steps_per_call may pass it by).
+                if profile and not tracing and profile[0] <= step < profile[1]:
                     jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
+                    tracing = True
                 batch = next(batches)
                 if step == start_step:
                     t0 = time.perf_counter()
@@ -765,14 +785,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     state, metrics = update(state, batch, inputs.arrays)
                 total = accumulate(total, metrics)
                 step += k
-                if profile and step == profile[1]:
-                    jax.block_until_ready(state)
-                    jax.profiler.stop_trace()
 
                 final = step >= total_steps
                 do_log = step % cfg.log_every_steps == 0 or final
                 # Several processes agree on preemption at log steps (a collective); one checks every step.
                 stop = preemption.should_stop() if do_log or jax.process_count() == 1 else False
+                if tracing and (step >= profile[1] or final or stop):
+                    jax.block_until_ready(state)
+                    jax.profiler.stop_trace()
+                    tracing = False
                 do_eval = step % cfg.eval_every_steps == 0 or final
                 do_ckpt = step % cfg.checkpoint_every_steps == 0 or final or stop
                 if do_log:

@@ -113,6 +113,16 @@ def test_gradients_at_init_and_at_a_checkpoint(runs, tmp_path, capsys):
     assert "at init" in capsys.readouterr().out
 
 
+def test_gradients_of_a_run_trained_with_steps_per_call_are_those_of_single_steps():
+    """A run fused k steps per call (the GPU setting): its gradients use the same batches, one at a time."""
+    single, fused = (
+        analyze.gradients(analyze.load_net(tiny_config(steps_per_call=k), "r", None, None, True), 2)
+        for k in (1, 2)
+    )
+    assert [r["block"] for r in fused] == [r["block"] for r in single]
+    np.testing.assert_allclose([r["grad_norm"] for r in fused], [r["grad_norm"] for r in single], rtol=1e-6)
+
+
 def test_scanned_runs_are_analysed_unstacked():
     cfg = tiny_config(**{"model.depth": 20, "model.scan_blocks": True})
     net = analyze.load_net(cfg, "r20", None, None, at_init=True)

@@ -65,6 +65,11 @@ BAD_CONFIGS = {
         train.ConfigError,
         r"the run's 5 steps must be a multiple of steps_per_call \(2\)",
     ),
+    "empty profile range": (  # its trace would start and never stop
+        {"profile_steps": "3:3"},
+        train.ConfigError,
+        "profile_steps must be 'first:end' with 0 <= first < end",
+    ),
     "stem channels": (
         {"model.stem_channels": 2},
         train.ConfigError,

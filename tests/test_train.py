@@ -6,6 +6,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import CIFAR_TAR, assert_trees_equal, checkpoint_steps, read_metrics, restore_state, tiny_config
 from jax.sharding import Mesh, NamedSharding
@@ -132,6 +133,16 @@ def test_a_best_eval_error_of_zero_survives_a_resume(tmp_path):
     assert checkpoint_steps(tmp_path)[-1] == 8
 
 
+def test_a_continued_run_is_not_reported_done_before_it_ends(tmp_path):
+    """A finished run given more steps drops its old summary.json ("done" at step 4) until it ends again."""
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert json.loads((tmp_path / "summary.json").read_text())["done"]
+    longer = tiny_config(num_train_steps=8, **{"schedule.base_lr": 1e30})  # fails at its first log
+    with pytest.raises(train.TrainingError, match="non-finite loss"):
+        train.train_and_evaluate(longer, str(tmp_path))
+    assert not (tmp_path / "summary.json").exists()
+
+
 def test_eval_counts_every_example_once_with_an_uneven_last_batch():
     """100 examples in batches of 24 on 8 devices: 5 batches, the last padded and masked."""
     cfg = tiny_config(**{"data.synthetic_examples": 100, "data.eval_batch_size": 24})
@@ -213,6 +224,20 @@ def test_weight_decay_can_exclude_bn_and_biases():
     assert all(jax.tree.leaves(optim.decay_mask(params, True)))
 
 
+def test_sgd_is_torch_style_so_a_new_lr_applies_at_once():
+    """v <- m v + (g + wd w); w <- w - lr v, the lr of the step multiplying the whole velocity."""
+    cfg = tiny_config(**{"schedule.boundaries": (2,), "optimizer.weight_decay": 0.5})
+    tx, _ = optim.create(cfg, 16, 10, 10)
+    w, g = {"kernel": jnp.array(1.0)}, {"kernel": jnp.array(2.0)}
+    state, v, expected = tx.init(w), 0.0, float(w["kernel"])
+    for lr in (0.1, 0.1, 0.01):  # the boundary: step 2 runs at 0.01
+        updates, state = tx.update(g, state, w)
+        w = optax.apply_updates(w, updates)
+        v = 0.9 * v + (2.0 + 0.5 * expected)
+        expected -= lr * v
+        assert float(w["kernel"]) == pytest.approx(expected, rel=1e-6)
+
+
 def test_nonfinite_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path):
     cfg = tiny_config(**{"schedule.base_lr": 1e30, "num_train_steps": 8, "eval_every_steps": 8})
     with pytest.raises(train.TrainingError, match=r"non-finite loss at step \d+; last good checkpoint: step"):
@@ -255,6 +280,15 @@ def test_steps_per_call_fuses_steps_without_changing_them(tmp_path):
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
+def test_steps_per_call_off_the_checkpoint_step_is_refused(tmp_path):
+    """A checkpoint at step 3 resumed at 2 steps per call used to run on to step 5 of a 4-step run."""
+    first = {"num_train_steps": 3, "log_every_steps": 1, "eval_every_steps": 3, "checkpoint_every_steps": 1}
+    train.train_and_evaluate(tiny_config(**first), str(tmp_path))
+    with pytest.raises(train.ConfigError, match="at step 3, not a multiple of steps_per_call"):
+        train.train_and_evaluate(tiny_config(steps_per_call=2), str(tmp_path))
+    assert checkpoint_steps(tmp_path)[-1] == 3
+
+
 def test_batch_sharding_layout():
     mesh = mesh_of(8)
     batch = train.to_global({"index": np.arange(16, dtype=np.int32)}, mesh, True)
@@ -266,6 +300,14 @@ def test_profile_steps_write_a_trace(tmp_path):
     train.train_and_evaluate(tiny_config(profile_steps="1:2"), str(tmp_path))
     traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
     assert traces and traces[0].stat().st_size > 0
+
+
+def test_a_profile_range_passed_by_a_resume_or_steps_per_call_is_traced_from_there(tmp_path):
+    """Resumed at step 2 with 2 steps per call, "1:4" traces the call 2..4 (stop_trace used to raise)."""
+    train.train_and_evaluate(tiny_config(num_train_steps=2, eval_every_steps=2), str(tmp_path))
+    summary = train.train_and_evaluate(tiny_config(steps_per_call=2, profile_steps="1:4"), str(tmp_path))
+    assert summary["step"] == 4
+    assert list((tmp_path / "profile").rglob("*.xplane.pb"))
 
 
 def test_checkpoints_keep_the_latest_and_the_best_by_eval_error(tmp_path):
