@@ -138,7 +138,8 @@ def test_scanned_runs_are_analysed_unstacked():
 def test_help_without_a_command_prints_the_usage(capsys):
     assert analyze.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "python -m resnet_jax.analyze responses --workdir=" in out and "<responses|gradients> --help" in out
+    assert "python -m resnet_jax.analyze responses --workdir=" in out
+    assert "<responses|gradients> --help" in out
 
 
 def test_bad_input_is_one_sentence_and_exit_2(runs, tmp_path, capsys):
