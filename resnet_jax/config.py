@@ -75,5 +75,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.warmup = "none"  # "none" | "constant" (paper's 0.01 start) | "linear"
     c.schedule.warmup_steps = 0
     c.schedule.warmup_epochs = 0.0
-    c.schedule.warmup_lr = 0.01  # the constant warm-up's learning rate
+    c.schedule.warmup_lr = 0.01  # the constant warm-up's learning rate; where the linear one starts
     return c

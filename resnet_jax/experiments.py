@@ -164,13 +164,15 @@ def cifar_batch(c: ml_collections.ConfigDict, batch: int) -> None:
         )
     scale = lambda n: n * CIFAR_BATCH // batch  # noqa: E731
     c.batch_size = batch
-    c.schedule.base_lr = c.schedule.base_lr * batch / CIFAR_BATCH
+    reference_lr = c.schedule.base_lr
+    c.schedule.base_lr = reference_lr * batch / CIFAR_BATCH
     c.num_train_steps = scale(c.num_train_steps)
     c.eval_every_steps = scale(c.eval_every_steps)
     c.checkpoint_every_steps = scale(c.checkpoint_every_steps)
     c.schedule.boundaries = tuple(scale(b) for b in c.schedule.boundaries)
-    if batch >= CIFAR_WARMUP_FROM_BATCH:
+    if batch >= CIFAR_WARMUP_FROM_BATCH:  # from the batch-128 lr, as Goyal et al. from their batch-256 one
         c.schedule.warmup = "linear"
+        c.schedule.warmup_lr = reference_lr
         c.schedule.warmup_steps = 0
         c.schedule.warmup_epochs = 5.0
     elif c.schedule.warmup_steps:
@@ -183,7 +185,8 @@ def large_batch(c: ml_collections.ConfigDict, batch: int) -> None:
         raise ValueError(f"batch={batch} must be a multiple of the BN group size 32")
     c.batch_size = batch
     c.schedule.scale_by_batch = True  # lr = 0.1 * batch / 256
-    c.schedule.warmup = "linear"
+    c.schedule.warmup = "linear"  # from the batch-256 lr 0.1 to 0.1 * batch / 256, as theirs (section 2.2)
+    c.schedule.warmup_lr = c.schedule.base_lr
     c.schedule.warmup_steps = 0
     c.schedule.warmup_epochs = 5.0
     c.model.bn = "ghost"

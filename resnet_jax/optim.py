@@ -14,7 +14,8 @@ def learning_rate(cfg: ml_collections.ConfigDict, batch_size: int, steps_per_epo
 
     piecewise: base_lr divided by 1/decay_factor at each boundary (steps, or epochs);
     cosine: from base_lr to 0 over the steps after the warm-up. Warm-up: "constant" holds
-    `warmup_lr` (the paper's 0.01 for ResNet-110/1202), "linear" ramps from 0 to base_lr.
+    `warmup_lr` (the paper's 0.01 for ResNet-110/1202), "linear" ramps from `warmup_lr` to base_lr
+    (Goyal et al. start at the unscaled 0.1).
     The linear scaling rule (`scale_by_batch`) multiplies base_lr by batch_size / 256.
     """
     s = cfg.schedule
@@ -33,7 +34,7 @@ def learning_rate(cfg: ml_collections.ConfigDict, batch_size: int, steps_per_epo
     if s.warmup == "constant":
         head = optax.constant_schedule(s.warmup_lr)
     else:
-        head = optax.linear_schedule(0.0, base, warmup)
+        head = optax.linear_schedule(s.warmup_lr, base, warmup)
     # join_schedules restarts the second schedule's count at the boundary; piecewise boundaries
     # are absolute steps, so wrap it to see the global step.
     return lambda step: jax.numpy.where(step < warmup, head(step), main(step))

@@ -120,6 +120,7 @@ def test_cifar_batch_scales_the_recipe_to_the_same_epochs():
     huge = load("cifar10", "resnet20,batch=1024")
     assert (huge.schedule.base_lr, huge.num_train_steps, huge.schedule.warmup) == (0.8, 8_000, "linear")
     assert huge.schedule.warmup_epochs == 5.0 and huge.schedule.warmup_steps == 0
+    assert huge.schedule.warmup_lr == 0.1  # the ramp starts at the batch-128 lr
     with pytest.raises(ValueError, match="CIFAR batch=384 must divide the recipe's step counts"):
         load("cifar10", "resnet20,batch=384")
 
@@ -145,6 +146,7 @@ def test_pod_scaling_follows_goyal_et_al():
         5.0,
     )
     assert (c.model.bn, c.model.bn_group_size) == ("ghost", 32)
+    assert c.schedule.warmup_lr == 0.1  # "start from a learning rate of eta" (the batch-256 lr), up to k eta
     assert c.eval_every_steps == 2 * 156  # two epochs of 1,281,167 images at 8192 (full batches)
     assert c.model.zero_init_residual
 

@@ -207,10 +207,11 @@ def test_learning_rate_schedules_follow_the_paper():
             "schedule.scale_by_batch": True,
             "schedule.warmup": "linear",
             "schedule.warmup_epochs": 5.0,
+            "schedule.warmup_lr": 0.1,
         }
     )
-    _, sched = optim.create(cfg, 1024, 100, 9000)
-    assert float(sched(0)) == 0.0 and float(sched(250)) == pytest.approx(0.2)
+    _, sched = optim.create(cfg, 1024, 100, 9000)  # Goyal et al.: from 0.1 up to 0.1 x 1024/256
+    assert float(sched(0)) == pytest.approx(0.1) and float(sched(250)) == pytest.approx(0.25)
     assert [float(sched(s)) for s in (500, 2999, 3000, 6000)] == pytest.approx([0.4, 0.4, 0.04, 0.004])
 
 
