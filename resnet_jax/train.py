@@ -803,6 +803,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     writer.write(step, record)
                     writer.console(clock.progress_line(step, record))
                 if do_eval:
+                    if total is not None:  # an evaluation off the log grid: not of a non-finite state
+                        check_finite(jax.device_get(total), last_good_checkpoint, cfg.nan_policy)
                     last_eval = evaluate(state, inputs, evaluate_step, mesh)
                     # A new best is checkpointed so that it is kept (the `keep_checkpoints` latest
                     # + the best).

@@ -245,6 +245,14 @@ def test_nonfinite_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path):
         train.train_and_evaluate(cfg, str(tmp_path))
 
 
+def test_a_nonfinite_state_is_not_evaluated_between_log_steps(tmp_path):
+    """Evaluations off the log grid check the steps since the last log first (nan_policy "stop")."""
+    cfg = tiny_config(**{"schedule.base_lr": 1e30, "log_every_steps": 4, "eval_every_steps": 1})
+    with pytest.raises(train.TrainingError, match=r"non-finite loss at step 1; last good checkpoint: step 1"):
+        train.train_and_evaluate(cfg, str(tmp_path))
+    assert [r["step"] for r in read_metrics(tmp_path) if "eval/loss" in r] == [1]
+
+
 def test_skip_policy_keeps_the_weights_of_nonfinite_steps(tmp_path):
     cfg = tiny_config(**{"schedule.base_lr": 1e30, "nan_policy": "skip"})
     summary = train.train_and_evaluate(cfg, str(tmp_path))
