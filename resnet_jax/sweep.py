@@ -76,6 +76,24 @@ def expand(points: list[dict], seeds: int | None = None, only: Sequence[str] = (
     ]
 
 
+def check_runs(runs: Sequence[Run], extra: dict[str, str]) -> None:
+    """Every run's config loads and every override names a config key: a bad point fails the sweep
+    before any run starts, not when its turn comes hours later."""
+    for run in runs:
+        try:
+            cfg = experiments.load_config(run.config)
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise ValueError(f"sweep point {run.name}: cannot load {run.config}: {e}") from None
+        for key in {**run.overrides, **extra}:
+            node = cfg
+            for part in key.split("."):
+                if not hasattr(node, "keys") or part not in node:
+                    raise ValueError(
+                        f"sweep point {run.name}: {key!r} is not a config key (resnet_jax/config.py)"
+                    )
+                node = node[part]
+
+
 def run_name(run: Run) -> str:
     """The run's directory name inside the sweep workdir."""
     return f"{run.name}-seed{run.seed}"
@@ -112,6 +130,17 @@ def is_done(run_workdir: str) -> bool:
         return bool(json.loads(summary.read_text()).get("done"))
     except (json.JSONDecodeError, AttributeError):
         return False
+
+
+def is_done_or_say_why(run_workdir: str) -> bool:
+    """`is_done`, but an unreadable workdir (no network, no credentials for gs://) is one sentence."""
+    try:
+        return is_done(run_workdir)
+    except Exception as e:  # noqa: BLE001 - TensorFlow's and etils' storage errors have no common base
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OSError(
+            f"cannot read {run_workdir} ({first}); check the path, network and credentials"
+        ) from None
 
 
 def visible_gpus() -> list[str]:
@@ -167,7 +196,7 @@ def run_local(
     todo = []
     for run in runs:
         path = run_dir(workdir, run)
-        if is_done(path):
+        if is_done_or_say_why(path):
             print(f"[sweep] skip (done) {path}", flush=True)
         else:
             todo.append((run, path, [*trainer, *train_flags(run, path, extra)]))
@@ -239,11 +268,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Expand the sweep and run, print or submit its runs; exit status 1 if any run failed."""
+    """Expand the sweep and run, print or submit its runs; exit status 1 if any run failed, 2 for bad
+    input (one sentence on stderr)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return sweep(args)
+    except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def sweep(args: argparse.Namespace) -> int:
     only = [n for n in args.only.split(",") if n]
     runs = expand(load_sweep(args.sweep), args.seeds, only)
     extra = parse_overrides(args.override)
+    check_runs(runs, extra)
     if args.mode == "local":
         failed = run_local(runs, args.workdir, extra, gpus=visible_gpus() if args.per_gpu else ())
         print(f"[sweep] {len(runs) - len(failed)} of {len(runs)} runs finished; failed: {failed or 'none'}")
@@ -252,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in runs:
         path = run_dir(args.workdir, run)
         cmd = launch_command(args.mode, run, args.workdir, extra)
-        if is_done(path):
+        if is_done_or_say_why(path):
             print(f"# done: {path}")
         elif args.mode == "slurm" and not args.submit:  # Slurm does not create the --output directory
             print(f"mkdir -p {shlex.quote(path)} && {shlex.join(cmd)}")

@@ -226,3 +226,33 @@ def test_point_overrides_reach_the_trainer_before_the_sweeps_own():
         "--config.model.remat=False",
         "--config.schedule.boundaries=(2,4)",
     ]
+
+
+def test_bad_sweep_input_is_one_sentence_and_exit_2_before_any_run(tmp_path, capsys, monkeypatch):
+    """A bad point, override or unreadable workdir stops the sweep at once, not when its turn comes."""
+    base = ["configs/sweeps/cifar_depth.py:smoke", f"--workdir={tmp_path}", "--mode=local"]
+    cases = [
+        (
+            ["configs/sweeps/cifar_depth.py:bogus", f"--workdir={tmp_path}"],
+            "sweep point plain20: cannot load",
+        ),
+        ([*base, "--override=modle.depth=3"], "'modle.depth' is not a config key"),
+        ([*base, "--only=nosuch"], "--only names no point"),
+        (["configs/sweeps/nope.py", f"--workdir={tmp_path}"], "no such file"),
+    ]
+    for argv, words in cases:
+        assert sweep.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and err.startswith("error: ") and len(err.splitlines()) == 1, (argv, err)
+    assert not list(tmp_path.iterdir())  # no run was started
+
+    def unreachable(path):
+        raise RuntimeError("Could not resolve host: www.googleapis.com\nmore detail")
+
+    monkeypatch.setattr(sweep, "is_done", unreachable)
+    assert sweep.main(["configs/sweeps/cifar_depth.py:smoke", "--workdir=gs://b/s", "--mode=print"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: cannot read gs://b/s/plain20-seed0 (Could not resolve host: www.googleapis.com); "
+        "check the path, network and credentials"
+    )
