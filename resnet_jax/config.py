@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.steps_per_call = 1  # training steps fused into one jitted call (device-resident data only)
     c.profile_steps = ""  # e.g. "100:110": a jax.profiler trace of those steps into the workdir
     c.nan_policy = "stop"  # "stop" | "skip": what a non-finite loss does
-    c.allow_config_change = False  # resume in a workdir whose model/data config differs
+    c.allow_config_change = False  # resume a run whose model/data/seed/batch/optimizer/schedule differ
 
     c.model = ml_collections.ConfigDict()
     c.model.family = "cifar"  # "cifar" | "imagenet"

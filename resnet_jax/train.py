@@ -49,6 +49,15 @@ class TrainingError(RuntimeError):
 
 MODEL_KEYS = ("family", "depth", "shortcut", "stride_on", "bn", "bn_group_size", "init", "zero_init_residual")
 DATA_KEYS = ("name", "path", "val_split", "mean", "num_classes", "image_size")
+# Keys whose change on resume would silently change the run (batch order, step size); None: every key of
+# the section. The run's length and the log, eval and checkpoint intervals may change.
+RESUME_KEYS = {
+    "": ("seed", "batch_size"),
+    "model": MODEL_KEYS,
+    "data": DATA_KEYS,
+    "optimizer": None,
+    "schedule": None,
+}
 
 
 def bn_group_size(cfg: ml_collections.ConfigDict, num_devices: int) -> int:
@@ -588,18 +597,19 @@ class Preemption:
 
 
 def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
-    """Refuse to resume a run whose model or data config differs (unless allow_config_change)."""
+    """Refuse to resume a run whose model, data, batch, seed or optimizer config differs (unless
+    allow_config_change)."""
     path = epath.Path(workdir) / "config.json"
     if not path.exists() or cfg.allow_config_change:
         return
     old = json.loads(path.read_text())
     new = json.loads(cfg.to_json())
-    differ = [
-        f"{section}.{key}"
-        for section, keys in (("model", MODEL_KEYS), ("data", DATA_KEYS))
-        for key in keys
-        if old.get(section, {}).get(key) != new.get(section, {}).get(key)
-    ]
+    differ = []
+    for section, keys in RESUME_KEYS.items():
+        was, now = (old, new) if not section else (old.get(section, {}), new.get(section, {}))
+        for key in keys or sorted(set(was) | set(now)):
+            if was.get(key) != now.get(key):
+                differ.append(f"{section}.{key}" if section else key)
     if differ:
         raise ConfigError(
             f"{workdir} holds a run with a different config ({', '.join(differ)}); use another --workdir "

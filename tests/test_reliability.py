@@ -184,6 +184,13 @@ def test_a_workdir_with_another_model_is_refused(tmp_path):
     changed = tiny_config(**{"model.depth": 14, "model.shortcut": "B"})
     with pytest.raises(train.ConfigError, match=r"different config \(model.depth, model.shortcut\)"):
         train.train_and_evaluate(changed, str(tmp_path))
+    # The batch order and the step size too: another seed, batch or learning rate would change the run.
+    other = tiny_config(**{"seed": 5, "batch_size": 32, "schedule.base_lr": 0.2, "optimizer.momentum": 0.8})
+    with pytest.raises(
+        train.ConfigError,
+        match=r"different config \(seed, batch_size, optimizer.momentum, schedule.base_lr\)",
+    ):
+        train.train_and_evaluate(other, str(tmp_path))
     # An explicit override resumes with a compatible change (here: per-device BN, another data size).
     compatible = tiny_config(
         **{"model.bn": "per_device", "data.synthetic_examples": 96, "num_train_steps": 4}

@@ -138,6 +138,7 @@ def test_a_continued_run_is_not_reported_done_before_it_ends(tmp_path):
     train.train_and_evaluate(tiny_config(), str(tmp_path))
     assert json.loads((tmp_path / "summary.json").read_text())["done"]
     longer = tiny_config(num_train_steps=8, **{"schedule.base_lr": 1e30})  # fails at its first log
+    longer.allow_config_change = True  # the lr change that makes it fail
     with pytest.raises(train.TrainingError, match="non-finite loss"):
         train.train_and_evaluate(longer, str(tmp_path))
     assert not (tmp_path / "summary.json").exists()
