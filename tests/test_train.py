@@ -223,6 +223,14 @@ def test_weight_decay_can_exclude_bn_and_biases():
         "fc": {"kernel": True, "bias": False},
     }
     assert all(jax.tree.leaves(optim.decay_mask(params, True)))
+    # ...and the optimizer applies the configured mask: a zero gradient moves only decayed weights.
+    w = {"conv1": {"kernel": jnp.array(1.0)}, "bn1": {"scale": jnp.array(1.0), "bias": jnp.array(1.0)}}
+    for decay_all, moved in ((False, {"kernel"}), (True, {"kernel", "scale", "bias"})):
+        cfg = tiny_config(**{"optimizer.weight_decay": 0.5, "optimizer.decay_bn_and_bias": decay_all})
+        tx, _ = optim.create(cfg, 16, 10, 10)
+        updates, _ = tx.update(jax.tree.map(jnp.zeros_like, w), tx.init(w), w)
+        changed = {p[-1].key for p, u in jax.tree_util.tree_leaves_with_path(updates) if u}
+        assert changed == moved
 
 
 def test_sgd_is_torch_style_so_a_new_lr_applies_at_once():
