@@ -161,6 +161,30 @@ def test_eval_counts_every_example_once_with_an_uneven_last_batch():
     assert result["eval/loss"] == pytest.approx(loss, rel=1e-5)
 
 
+def test_in_memory_training_images_are_augmented_and_eval_images_are_not(tmp_path):
+    """A real (non-synthetic) in-memory dataset: each step's key draws its own crops and flips."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(4):
+                pixels = rng.integers(0, 256, (32, 32, 3), np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / c / f"{i}.png")
+    folder = {"data.name": "image_folder", "data.path": str(tmp_path), "data.cache_dir": str(tmp_path / "c")}
+    inputs = train.in_memory_inputs(tiny_config(**folder), mesh_of(1), jnp.float32)
+    a = inputs.arrays
+    index = np.arange(8, dtype=np.int32)
+    x0, y0 = inputs.train_images(jax.random.key(0), {"index": index}, a)
+    x1, y1 = inputs.train_images(jax.random.key(1), {"index": index}, a)
+    unaugmented = (a["train_images"][index].astype(jnp.float32) - a["mean"]) / a["std"]
+    np.testing.assert_array_equal(y0, y1)
+    assert not np.allclose(x0, x1) and not np.allclose(x0, unaugmented)
+    images, _, _ = inputs.eval_images({"index": index, "mask": np.ones(8, bool)}, a)
+    np.testing.assert_allclose(images, (a["eval_images"][index].astype(jnp.float32) - a["mean"]) / a["std"])
+
+
 def test_nan_scores_count_as_errors():
     """A diverged model's NaN logits are wrong at top-1 and top-5, not right (NaN compares false)."""
     scores = jnp.array([[0.0, 1.0, 2.0], [jnp.nan, jnp.nan, jnp.nan], [3.0, jnp.nan, 0.0]])
