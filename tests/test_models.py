@@ -112,9 +112,15 @@ def test_bfloat16_compute_keeps_params_and_logits_float32():
     x = jnp.ones((2, 32, 32, 3))
     variables = model.init(jax.random.key(0), x)
     assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-    logits, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    logits, state = model.apply(
+        variables, x, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True
+    )
     assert logits.dtype == jnp.float32
-    assert {a.dtype for a in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
+    assert {a.dtype for a in jax.tree.leaves(state["batch_stats"])} == {jnp.dtype(jnp.float32)}
+    # ...while every conv, BN and block in between computes in bfloat16 (only the FC is float32).
+    outputs = jax.tree_util.tree_leaves_with_path(state["intermediates"])
+    float32 = {jax.tree_util.keystr(p) for p, a in outputs if a.dtype != jnp.bfloat16}
+    assert len(outputs) > 20 and float32 == {"['__call__'][0]", "['fc']['__call__'][0]"}
 
 
 def loss_and_grads(model, variables, x, y):

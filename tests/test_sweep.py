@@ -197,7 +197,7 @@ def test_local_mode_spreads_runs_over_gpus(tmp_path):
     fake = (sys.executable, str(trainer))
     assert sweep.run_local(runs, str(tmp_path), {}, trainer=fake, gpus=["0", "1"]) == []
     gpus = {json.loads((tmp_path / sweep.run_name(r) / "argv.json").read_text())["gpu"] for r in runs}
-    assert gpus <= {"0", "1"} and gpus
+    assert len(runs) >= 2 and gpus == {"0", "1"}  # the free queue is FIFO: the second run gets GPU 1
 
 
 def test_overrides_and_values():

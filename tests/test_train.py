@@ -162,6 +162,30 @@ def test_eval_counts_every_example_once_with_an_uneven_last_batch():
     assert result["eval/loss"] == pytest.approx(loss, rel=1e-5)
 
 
+def test_in_memory_training_images_are_augmented_and_eval_images_are_not(tmp_path):
+    """A real (non-synthetic) in-memory dataset: each step's key draws its own crops and flips."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(4):
+                pixels = rng.integers(0, 256, (32, 32, 3), np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / c / f"{i}.png")
+    folder = {"data.name": "image_folder", "data.path": str(tmp_path), "data.cache_dir": str(tmp_path / "c")}
+    inputs = train.in_memory_inputs(tiny_config(**folder), mesh_of(1), jnp.float32)
+    a = inputs.arrays
+    index = np.arange(8, dtype=np.int32)
+    x0, y0 = inputs.train_images(jax.random.key(0), {"index": index}, a)
+    x1, y1 = inputs.train_images(jax.random.key(1), {"index": index}, a)
+    unaugmented = (a["train_images"][index].astype(jnp.float32) - a["mean"]) / a["std"]
+    np.testing.assert_array_equal(y0, y1)
+    assert not np.allclose(x0, x1) and not np.allclose(x0, unaugmented)
+    images, _, _ = inputs.eval_images({"index": index, "mask": np.ones(8, bool)}, a)
+    np.testing.assert_allclose(images, (a["eval_images"][index].astype(jnp.float32) - a["mean"]) / a["std"])
+
+
 def test_nan_scores_count_as_errors():
     """A diverged model's NaN logits are wrong at top-1 and top-5, not right (NaN compares false)."""
     scores = jnp.array([[0.0, 1.0, 2.0], [jnp.nan, jnp.nan, jnp.nan], [3.0, jnp.nan, 0.0]])
@@ -224,6 +248,14 @@ def test_weight_decay_can_exclude_bn_and_biases():
         "fc": {"kernel": True, "bias": False},
     }
     assert all(jax.tree.leaves(optim.decay_mask(params, True)))
+    # ...and the optimizer applies the configured mask: a zero gradient moves only decayed weights.
+    w = {"conv1": {"kernel": jnp.array(1.0)}, "bn1": {"scale": jnp.array(1.0), "bias": jnp.array(1.0)}}
+    for decay_all, moved in ((False, {"kernel"}), (True, {"kernel", "scale", "bias"})):
+        cfg = tiny_config(**{"optimizer.weight_decay": 0.5, "optimizer.decay_bn_and_bias": decay_all})
+        tx, _ = optim.create(cfg, 16, 10, 10)
+        updates, _ = tx.update(jax.tree.map(jnp.zeros_like, w), tx.init(w), w)
+        changed = {p[-1].key for p, u in jax.tree_util.tree_leaves_with_path(updates) if u}
+        assert changed == moved
 
 
 def test_sgd_is_torch_style_so_a_new_lr_applies_at_once():
@@ -321,8 +353,10 @@ def test_a_profile_range_passed_by_a_resume_or_steps_per_call_is_traced_from_the
 
 
 def test_checkpoints_keep_the_latest_and_the_best_by_eval_error(tmp_path):
-    cfg = tiny_config(num_train_steps=10, eval_every_steps=2, keep_checkpoints=1)
+    cfg = tiny_config(num_train_steps=8, eval_every_steps=2, keep_checkpoints=1)
     train.train_and_evaluate(cfg, str(tmp_path))
     evals = {r["step"]: r["eval/top1_error"] for r in read_metrics(tmp_path) if "eval/top1_error" in r}
     best = min(evals, key=lambda s: (evals[s], s))  # the first step reaching the lowest error
-    assert checkpoint_steps(tmp_path) == sorted({10, best})
+    # 8 steps: the error rises again after step 6 (at 10 steps the last was best, testing nothing).
+    assert best < 8, f"the last evaluation is the best ({evals}): keeping the best goes untested"
+    assert checkpoint_steps(tmp_path) == [best, 8]
