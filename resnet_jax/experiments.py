@@ -155,7 +155,7 @@ def cifar_batch(c: ml_collections.ConfigDict, batch: int) -> None:
         "num_train_steps": c.num_train_steps,
         "eval_every_steps": c.eval_every_steps,
         "checkpoint_every_steps": c.checkpoint_every_steps,
-        **{f"boundary {b}": b for b in c.schedule.boundaries},
+        **{f"boundary {i + 1}": b for i, b in enumerate(c.schedule.boundaries)},
     }
     if batch <= 0 or any(n * CIFAR_BATCH % batch for n in counts.values()):
         raise ValueError(

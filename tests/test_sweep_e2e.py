@@ -73,6 +73,6 @@ def test_tiny_cifar_sweep_end_to_end(tmp_path):
 
     rows = {r["point"]: r for r in report.report(work)}
     assert rows["resnet20"]["arch"] == "resnet8-A" and rows["resnet20"]["done"] == 1
-    assert rows["resnet20"]["paper_top1"] is None  # smoke runs train on synthetic data: no paper number
+    assert rows["resnet20"]["paper_top1"] is None  # a ResNet-8 on a held-out split: no paper number
     assert rows["plain20"]["params"] == rows["resnet20"]["params"] == 75_290  # option A adds no parameters
     assert (work / "results.md").exists() and (work / "curves.png").exists()
