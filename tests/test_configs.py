@@ -90,6 +90,25 @@ def test_config_loads_with_schema_keys(name, arg):
             train.check_config(c, num_devices)
 
 
+def promised_net(name: str, arg: str | None) -> tuple[str, int, str, str]:
+    """(family, depth, shortcut, stride_on) that a config's file name and argument promise, by name only."""
+    tokens = (arg or "").split(",")
+    option = next((t for t in tokens if t in ("A", "B", "C")), None)
+    if name.startswith("cifar"):
+        net = next((t for t in tokens if t.startswith(("resnet", "plain"))), "resnet20")
+        depth = int(net.removeprefix("resnet").removeprefix("plain"))
+        return "cifar", depth, "none" if net.startswith("plain") else option or "A", "1x1"
+    depth = int(name.removeprefix("imagenet_r").removeprefix("imagenet_plain"))
+    shortcut = "none" if "plain" in name else option or ("A" if depth < 50 else "B")
+    return "imagenet", depth, shortcut, "3x3" if "v1.5" in tokens else "1x1"
+
+
+@pytest.mark.parametrize("name,arg", CASES)
+def test_config_builds_the_net_its_name_promises(name, arg):
+    c = load(name, arg)
+    assert (c.model.family, c.model.depth, c.model.shortcut, c.model.stride_on) == promised_net(name, arg)
+
+
 @pytest.mark.parametrize("name,arg", BAD_ARGS)
 def test_bad_arguments_fail(name, arg):
     with pytest.raises(ValueError):
