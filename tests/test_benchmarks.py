@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import math
 
 import jax
@@ -44,6 +45,27 @@ def test_train_step_benchmark_writes_its_fields(tmp_path):
     assert row["analytic_macs_per_image"] > 0 and row["loops_hide_flops"] is False
     assert 0.5 < row["xla_over_analytic"] < 1.5  # XLA's count of the step against 6 x multiply-adds
     assert row["device_count"] == 8 and row["mfu_xla"] is None  # CPU: no peak, no MFU
+
+
+def test_train_step_compiles_nothing_inside_its_timed_loops(monkeypatch, caplog):
+    """Warm-up covers both timed loops: the "loop" repeats must not compile `accumulate`'s eager ops."""
+    bench = load_benchmark("train_step")
+    original, compiled_in = bench.timed_repeats, {}
+
+    def timed_repeats(fn, repeats):
+        start = len(caplog.records)
+        with jax.log_compiles():
+            out = original(fn, repeats)
+        messages = [r.getMessage() for r in caplog.records[start:]]
+        compiled_in[fn.__name__] = [m for m in messages if m.startswith("Compiling")]
+        return out
+
+    monkeypatch.setattr(bench, "timed_repeats", timed_repeats)
+    jax.clear_caches()  # as in a fresh process: no eager op compiled yet
+    argv = ["--config=tests/configs/tiny.py", "--steps=2", "--warmup=1", "--repeats=1", "--batch_size=8"]
+    with caplog.at_level(logging.WARNING, logger="jax"):
+        bench.main([*argv, "--set=data.image_size=16", "--compilation_cache"])
+    assert compiled_in == {"step_loop": [], "trainer_loop": []}
 
 
 def test_train_step_layout_and_donation_experiments_train_the_same_step():
