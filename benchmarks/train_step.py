@@ -51,8 +51,10 @@ sys.path.insert(0, str(ROOT))
 # Dense bfloat16 matrix FLOP/s of one device, matched (first hit) against jax's device_kind.
 PEAK_BF16 = (
     ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H200 NVL", 835e12),
     ("H100", 989e12),  # SXM
-    ("H200", 989e12),
+    ("H200", 989e12),  # SXM; also GH200
     ("A100", 312e12),
     ("TPU v4", 275e12),
     ("TPU v5 lite", 197e12),

@@ -98,6 +98,9 @@ def test_peak_table_matches_device_kinds():
     assert bench.peak_bf16("NVIDIA H200", "gpu") == 989e12
     assert bench.peak_bf16("NVIDIA H100 80GB HBM3", "gpu") == 989e12
     assert bench.peak_bf16("NVIDIA H100 PCIe", "gpu") == 756e12
+    assert bench.peak_bf16("NVIDIA H100 NVL", "gpu") == bench.peak_bf16("NVIDIA H200 NVL", "gpu") == 835e12
+    assert bench.peak_bf16("NVIDIA GH200 480GB", "gpu") == 989e12
+    assert bench.peak_bf16("TPU v5p", "tpu") == bench.peak_bf16("TPU v5", "tpu") == 459e12
     assert bench.peak_bf16("NVIDIA A100-SXM4-80GB", "gpu") == 312e12
     assert bench.peak_bf16("TPU v5 lite", "tpu") == 197e12
     assert bench.peak_bf16("cpu", "cpu") is None
