@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import math
 
 import jax
@@ -46,6 +47,27 @@ def test_train_step_benchmark_writes_its_fields(tmp_path):
     assert row["device_count"] == 8 and row["mfu_xla"] is None  # CPU: no peak, no MFU
 
 
+def test_train_step_compiles_nothing_inside_its_timed_loops(monkeypatch, caplog):
+    """Warm-up covers both timed loops: the "loop" repeats must not compile `accumulate`'s eager ops."""
+    bench = load_benchmark("train_step")
+    original, compiled_in = bench.timed_repeats, {}
+
+    def timed_repeats(fn, repeats):
+        start = len(caplog.records)
+        with jax.log_compiles():
+            out = original(fn, repeats)
+        messages = [r.getMessage() for r in caplog.records[start:]]
+        compiled_in[fn.__name__] = [m for m in messages if m.startswith("Compiling")]
+        return out
+
+    monkeypatch.setattr(bench, "timed_repeats", timed_repeats)
+    jax.clear_caches()  # as in a fresh process: no eager op compiled yet
+    argv = ["--config=tests/configs/tiny.py", "--steps=2", "--warmup=1", "--repeats=1", "--batch_size=8"]
+    with caplog.at_level(logging.WARNING, logger="jax"):
+        bench.main([*argv, "--set=data.image_size=16", "--compilation_cache"])
+    assert compiled_in == {"step_loop": [], "trainer_loop": []}
+
+
 def test_train_step_layout_and_donation_experiments_train_the_same_step():
     """--state_layout auto / --no_donate re-jit the trainer's own step function: same losses."""
     bench = load_benchmark("train_step")
@@ -76,6 +98,9 @@ def test_peak_table_matches_device_kinds():
     assert bench.peak_bf16("NVIDIA H200", "gpu") == 989e12
     assert bench.peak_bf16("NVIDIA H100 80GB HBM3", "gpu") == 989e12
     assert bench.peak_bf16("NVIDIA H100 PCIe", "gpu") == 756e12
+    assert bench.peak_bf16("NVIDIA H100 NVL", "gpu") == bench.peak_bf16("NVIDIA H200 NVL", "gpu") == 835e12
+    assert bench.peak_bf16("NVIDIA GH200 480GB", "gpu") == 989e12
+    assert bench.peak_bf16("TPU v5p", "tpu") == bench.peak_bf16("TPU v5", "tpu") == 459e12
     assert bench.peak_bf16("NVIDIA A100-SXM4-80GB", "gpu") == 312e12
     assert bench.peak_bf16("TPU v5 lite", "tpu") == 197e12
     assert bench.peak_bf16("cpu", "cpu") is None
