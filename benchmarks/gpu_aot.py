@@ -40,6 +40,7 @@ import collections
 import contextlib
 import pathlib
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -361,10 +362,14 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
     t = time.perf_counter()
     lowered = update_fn(run, args).lower(state, batch, arrays)
     lower_s = time.perf_counter() - t
+    variant = ("_auto_layout" if args.state_layout == "auto" else "") + ("" if args.donate else "_no_donate")
+    stem = pathlib.Path(args.config.split(":")[0]).stem
     dump = (
-        dump_root / f"{pathlib.Path(args.config.split(':')[0]).stem}_{cfg.model.depth}_b{cfg.batch_size}_k{k}"
+        dump_root
+        / f"{stem}_{cfg.model.depth}_{jax.numpy.dtype(run.dtype).name}_b{cfg.batch_size}_k{k}{variant}"
     )
-    dump.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dump, ignore_errors=True)  # read_dump must not find an earlier compile's modules
+    dump.mkdir(parents=True)
     options = {"xla_dump_to": str(dump)}
     t = time.perf_counter()
     compiled = lowered.compile(compiler_options=options)

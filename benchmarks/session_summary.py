@@ -39,6 +39,8 @@ def step_table(files: list[tuple[pathlib.Path, dict]]) -> list[str]:
             data = r["data"] + (" + augment" if r.get("augmented") else "")
             flags = d["environment"].get("xla_flags") or ""
             run = path.stem + (f" `{flags}`" if flags else "")
+            run += " `--state_layout auto`" if r.get("state_layout") == "auto" else ""
+            run += " `--no_donate`" if r.get("donate") is False else ""
             lines.append(
                 f"| {run} | {model_name(r)} | {r['batch_size']} | {r['dtype']} | {data} | "
                 f"{r['steps_per_call']} | {r['lower_s'] + r['compile_s']:.1f} | {r['step_ms']:.3f} | "

@@ -213,3 +213,12 @@ def test_the_full_run_takes_the_flags_of_the_fastest_resnet20_step(tmp_path):
     assert "(could not summarise r20_" in text
     assert "r20_conv_fusion_while.json: KeyError 'environment')" in text
     assert "r20_full_best: skipped" in text
+
+
+def test_summary_marks_rows_compiled_with_the_layout_and_donation_experiments(tmp_path):
+    result = json.loads((RESULTS / "r20_synth.json").read_text())
+    for row in result["rows"]:
+        row.update(state_layout="auto", donate=False)
+    (tmp_path / "r20_layouts.json").write_text(json.dumps(result))
+    rows = [line for line in summary(tmp_path).splitlines() if line.startswith("| r20_layouts")]
+    assert rows and all("| r20_layouts `--state_layout auto` `--no_donate` |" in line for line in rows)
