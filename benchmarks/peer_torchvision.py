@@ -9,8 +9,8 @@ torchvision `resnet50` (v1.5), channels_last memory format, bf16 autocast, SGD w
 weight decay 1e-4, cross-entropy, one synthetic batch resident on the device. Not part of the
 package and not imported by it; needs torch (and torchvision unless --model tiny).
 
-Timing: `--warmup` steps (for torch.compile these include its compilation, timed as "compile_s"),
-then `--repeats` x `--steps` steps, each repeat from a synchronised device to a synchronised device;
+Timing: the first step alone (for torch.compile mostly its compilation; reported as "compile_s"),
+then `--warmup` steps, then `--repeats` x `--steps` steps, each repeat from a synchronised device to a synchronised device;
 the median repeat is reported.
 """
 
