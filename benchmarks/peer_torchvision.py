@@ -10,8 +10,8 @@ weight decay 1e-4, cross-entropy, one synthetic batch resident on the device. No
 package and not imported by it; needs torch (and torchvision unless --model tiny).
 
 Timing: the first step alone (for torch.compile mostly its compilation; reported as "compile_s"),
-then `--warmup` steps, then `--repeats` x `--steps` steps, each repeat from a synchronised device to a synchronised device;
-the median repeat is reported.
+then `--warmup` steps, then `--repeats` x `--steps` steps, each repeat from a synchronised device to
+a synchronised device; the median repeat is reported.
 """
 
 from __future__ import annotations
