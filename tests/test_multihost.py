@@ -130,6 +130,26 @@ def test_two_processes_match_one_process_and_resume_a_preemption_of_one_of_them(
     ]
 
 
+def test_per_device_bn_resumed_on_another_device_count_is_refused(tmp_path):
+    """per_device BN on 8 devices normalises over groups of 2; resumed on 1 device, the groups would
+    silently hold all 16 examples: refused, naming the groups, before anything trains."""
+    flags = {
+        "model.bn": "per_device",
+        "num_train_steps": 2,
+        "eval_every_steps": 2,
+        "checkpoint_every_steps": 2,
+    }
+    train.train_and_evaluate(tiny_config(**flags), str(tmp_path))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    longer = [f"--config.{k}={v}" for k, v in {**flags, "num_train_steps": 4}.items()]
+    cmd = [sys.executable, "-m", "resnet_jax.main", "--config=tests/configs/tiny.py", f"--workdir={tmp_path}"]
+    out = subprocess.run([*cmd, *longer], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "normalised BN over groups of 2 examples" in out.stderr and "groups of 16" in out.stderr
+    assert "on 8 devices" in out.stderr and "Traceback" not in out.stderr
+    assert checkpoint_steps(tmp_path) == [2]
+
+
 def test_two_processes_stream_a_tfds_dataset_and_evaluate_every_image_once(tiny_tfds, tmp_path):
     """The streamed path over 2 processes: each reads its own part of the splits through tf.data.
 
