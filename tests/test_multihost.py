@@ -1,5 +1,6 @@
 """Two processes x 4 CPU devices (jax.distributed over localhost) == one process x 8 devices."""
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 from helpers import (
     ROOT,
     TINY_TFDS_VAL,
@@ -148,6 +150,25 @@ def test_per_device_bn_resumed_on_another_device_count_is_refused(tmp_path):
     assert "normalised BN over groups of 2 examples" in out.stderr and "groups of 16" in out.stderr
     assert "on 8 devices" in out.stderr and "Traceback" not in out.stderr
     assert checkpoint_steps(tmp_path) == [2]
+
+
+def test_a_run_resumed_on_another_device_count_continues_and_counts_each_part_s_devices(tmp_path):
+    """Global BN trained on 8 devices resumes on 1 (the replicated state restores onto any mesh);
+    summary.json's device_hours adds 8 devices' time before the checkpoint and 1 device's after it."""
+    flags = {"num_train_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 2}
+    train.train_and_evaluate(tiny_config(**flags), str(tmp_path))
+    before = json.loads((tmp_path / "checkpoints" / "2" / "clock" / "metadata").read_text())["wall_time_s"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    longer = [f"--config.{k}={v}" for k, v in {**flags, "num_train_steps": 4}.items()]
+    cmd = [sys.executable, "-m", "resnet_jax.main", "--config=tests/configs/tiny.py", f"--workdir={tmp_path}"]
+    out = subprocess.run([*cmd, *longer], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "resuming from step 2" in out.stdout, (
+        out.stdout[-2000:] + out.stderr[-2000:]
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == 4 and summary["num_devices"] == 1
+    after = summary["wall_time_s"] - before
+    assert summary["device_hours"] * 3600 == pytest.approx(8 * before + after, rel=1e-3)
 
 
 def test_two_processes_stream_a_tfds_dataset_and_evaluate_every_image_once(tiny_tfds, tmp_path):
