@@ -318,18 +318,18 @@ def is_resident(cfg: ml_collections.ConfigDict) -> bool:
 def to_global(batch: dict, mesh: Mesh, resident: bool, batch_axis: int = 0) -> dict:
     """Host batch -> arrays sharded over `data` along `batch_axis`.
 
-    Device-resident inputs: every process computes the same global index batch and contributes
-    its own slice. Streamed inputs: each process already holds only its own examples.
+    Device-resident inputs: every process computes the same global index batch and each device takes
+    its own slice of it, wherever the mesh puts the process's devices (a TPU mesh may interleave hosts).
+    Streamed inputs: each process already holds only its own examples.
     """
     sharding = NamedSharding(mesh, P(*([None] * batch_axis), "data"))
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
         if resident and jax.process_count() > 1:
-            per = value.shape[batch_axis] // jax.process_count()
-            lo = jax.process_index() * per
-            value = np.take(value, np.arange(lo, lo + per), axis=batch_axis)
-        out[key] = jax.make_array_from_process_local_data(sharding, value)
+            out[key] = jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index])
+        else:
+            out[key] = jax.make_array_from_process_local_data(sharding, value)
     return out
 
 

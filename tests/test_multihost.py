@@ -132,6 +132,39 @@ def test_two_processes_match_one_process_and_resume_a_preemption_of_one_of_them(
     ]
 
 
+PLACE_BATCH = """
+import sys
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from resnet_jax import train
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+d = jax.devices()
+mesh = Mesh(np.array([d[0], d[4], d[1], d[5], d[2], d[6], d[3], d[7]]), ("data",))  # hosts interleaved
+index = np.arange(16, dtype=np.int32)
+for axis, batch in ((0, index), (1, np.stack([index, index + 16]))):  # steps_per_call stacks on axis 0
+    placed = train.to_global({"i": batch}, mesh, True, axis)["i"]
+    placed = multihost_utils.process_allgather(placed, tiled=True)
+    assert (np.asarray(placed) == batch).all(), placed.tolist()
+"""
+
+
+def test_a_resident_global_batch_keeps_its_order_on_a_mesh_that_interleaves_processes(tmp_path):
+    """Each device gets its own slice of the global index batch wherever the mesh places the process's
+    devices (a TPU mesh can interleave hosts), so a layout never permutes the batch (BN groups, crops)."""
+    port = str(free_port())
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-c", PLACE_BATCH, port]
+    procs = [
+        subprocess.Popen([*cmd, str(i)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in (0, 1)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+
+
 def test_per_device_bn_resumed_on_another_device_count_is_refused(tmp_path):
     """per_device BN on 8 devices normalises over groups of 2; resumed on 1 device, the groups would
     silently hold all 16 examples: refused, naming the groups, before anything trains."""
