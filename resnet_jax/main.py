@@ -30,23 +30,37 @@ USAGE_EXIT = 2
 
 
 def multi_process_environment() -> bool:
-    """True on a multi-host TPU slice or a multi-task SLURM job, where jax finds its peers itself."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    """True in a SLURM job step of several tasks (srun) or on a multi-host TPU slice, where jax finds its
+    peers itself. A single process in a multi-task allocation (sbatch/salloc, no srun) is one process."""
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         return True
     return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
 
 
 def initialize_distributed() -> None:
+    """jax.distributed.initialize() for a multi-process run: any of the three flags, or the environment."""
     import jax
 
-    if FLAGS.coordinator_address or multi_process_environment():
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only affects CPU devices
+    explicit = FLAGS.coordinator_address or FLAGS.num_processes is not None or FLAGS.process_id is not None
+    if not explicit and not multi_process_environment():
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only affects CPU devices
+    try:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
         )
+    except ValueError as e:  # a flag missing or out of range (jax's one sentence)
+        if FLAGS.verbose:
+            raise
+        print(
+            f"error: cannot start a multi-process run ({str(e).rstrip('.')}); give --coordinator_address="
+            "<host:port of process 0>, --num_processes and --process_id, or none of them for one process",
+            file=sys.stderr,
+        )
+        sys.exit(USAGE_EXIT)
 
 
 def flag_error(e: Exception, argv: Sequence[str] = ()) -> str:

@@ -128,6 +128,8 @@ class ProgressClock:
         self.batch_size = batch_size
         self.num_devices = num_devices
         self.wall_before = float(saved.get("wall_time_s", 0.0))
+        # Device-seconds so far: a run resumed on another device count adds its own devices' time only.
+        self.device_s_before = float(saved.get("device_seconds", self.wall_before * num_devices))
         self.t_process = time.perf_counter()
         self.t_last = self.t_process
         self.step_last = start_step
@@ -140,6 +142,9 @@ class ProgressClock:
 
     def wall_time(self) -> float:
         return self.wall_before + time.perf_counter() - self.t_process
+
+    def device_seconds(self) -> float:
+        return self.device_s_before + (time.perf_counter() - self.t_process) * self.num_devices
 
     def log(self, step: int, summed: dict, lr: float, steps_per_epoch: int) -> dict:
         now = time.perf_counter()
@@ -182,13 +187,16 @@ class ProgressClock:
     def state(self, best_error: float) -> dict:
         """What a checkpoint keeps of the clock."""
         best = best_error if math.isfinite(best_error) else None
-        return {"wall_time_s": self.wall_time(), "best_eval_top1_error": best}
+        return {
+            "wall_time_s": self.wall_time(),
+            "device_seconds": self.device_seconds(),
+            "best_eval_top1_error": best,
+        }
 
     def summary(self) -> dict:
-        wall = self.wall_time()
         return {
-            "wall_time_s": wall,
-            "device_hours": wall * self.num_devices / 3600.0,
+            "wall_time_s": self.wall_time(),
+            "device_hours": self.device_seconds() / 3600.0,
             "device_kind": jax.devices()[0].device_kind,
             "num_devices": self.num_devices,
         }

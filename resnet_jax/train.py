@@ -318,18 +318,18 @@ def is_resident(cfg: ml_collections.ConfigDict) -> bool:
 def to_global(batch: dict, mesh: Mesh, resident: bool, batch_axis: int = 0) -> dict:
     """Host batch -> arrays sharded over `data` along `batch_axis`.
 
-    Device-resident inputs: every process computes the same global index batch and contributes
-    its own slice. Streamed inputs: each process already holds only its own examples.
+    Device-resident inputs: every process computes the same global index batch and each device takes
+    its own slice of it, wherever the mesh puts the process's devices (a TPU mesh may interleave hosts).
+    Streamed inputs: each process already holds only its own examples.
     """
     sharding = NamedSharding(mesh, P(*([None] * batch_axis), "data"))
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
         if resident and jax.process_count() > 1:
-            per = value.shape[batch_axis] // jax.process_count()
-            lo = jax.process_index() * per
-            value = np.take(value, np.arange(lo, lo + per), axis=batch_axis)
-        out[key] = jax.make_array_from_process_local_data(sharding, value)
+            out[key] = jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index])
+        else:
+            out[key] = jax.make_array_from_process_local_data(sharding, value)
     return out
 
 
@@ -723,6 +723,20 @@ def check_resume_step(start_step: int, steps_per_call: int, workdir: str) -> Non
         )
 
 
+def check_resume_bn(saved: dict, cfg: ml_collections.ConfigDict, num_devices: int, workdir: str) -> None:
+    """per_device BN resumed on another device count would silently normalise over other groups."""
+    was, now = saved.get("bn_group_size"), bn_group_size(cfg, num_devices)
+    if was is None or was == now or cfg.allow_config_change:  # None: a checkpoint from before this check
+        return
+    devices = f"on {cfg.batch_size // was} devices" if was else "with the same model.bn"
+    raise ConfigError(
+        f"the checkpoint in {workdir} normalised BN over groups of {was} examples, but model.bn "
+        f"{cfg.model.bn!r} on {num_devices} device(s) would use groups of {now}: resume {devices}, or pass "
+        f"--config.allow_config_change=True (with --config.model.bn=ghost --config.model.bn_group_size={was} "
+        "to keep the groups)"
+    )
+
+
 def checkpoint_failure(mngr: ocp.CheckpointManager, step: int, e: Exception) -> TrainingError:
     """Let earlier asynchronous saves finish, then name the last complete checkpoint."""
     try:
@@ -753,6 +767,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     state, clock_state = restored if restored is not None else (run.init(), {})
     start_step = int(jax.device_get(state.step))
     check_resume_step(start_step, cfg.steps_per_call, workdir)
+    check_resume_bn(clock_state, cfg, num_devices, workdir)
     params_count = models.count_params(state.params)
     update, evaluate_step, schedule, k = run.update, run.evaluate_step, run.schedule, cfg.steps_per_call
 
@@ -832,7 +847,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                         summed = check_finite(jax.device_get(total), last_good_checkpoint, cfg.nan_policy)
                         pending = {key: value.item() for key, value in summed.items()}
                     try:
-                        clock_state = {**clock.state(best_error), "pending_metrics": pending}
+                        clock_state = {
+                            **clock.state(best_error),
+                            "pending_metrics": pending,
+                            "bn_group_size": bn_group_size(cfg, num_devices),
+                        }
                         save_checkpoint(mngr, state, clock_state, last_eval if do_eval else None)
                     except Exception as e:  # noqa: BLE001 - includes the previous async write's error
                         raise checkpoint_failure(mngr, step, e) from e

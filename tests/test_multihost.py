@@ -1,5 +1,6 @@
 """Two processes x 4 CPU devices (jax.distributed over localhost) == one process x 8 devices."""
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 from helpers import (
     ROOT,
     TINY_TFDS_VAL,
@@ -128,6 +130,78 @@ def test_two_processes_match_one_process_and_resume_a_preemption_of_one_of_them(
     assert [r.get("train/loss") for r in read_metrics(straight)] == [
         r.get("train/loss") for r in read_metrics(preempted)
     ]
+
+
+PLACE_BATCH = """
+import sys
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from resnet_jax import train
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+d = jax.devices()
+mesh = Mesh(np.array([d[0], d[4], d[1], d[5], d[2], d[6], d[3], d[7]]), ("data",))  # hosts interleaved
+index = np.arange(16, dtype=np.int32)
+for axis, batch in ((0, index), (1, np.stack([index, index + 16]))):  # steps_per_call stacks on axis 0
+    placed = train.to_global({"i": batch}, mesh, True, axis)["i"]
+    placed = multihost_utils.process_allgather(placed, tiled=True)
+    assert (np.asarray(placed) == batch).all(), placed.tolist()
+"""
+
+
+def test_a_resident_global_batch_keeps_its_order_on_a_mesh_that_interleaves_processes(tmp_path):
+    """Each device gets its own slice of the global index batch wherever the mesh places the process's
+    devices (a TPU mesh can interleave hosts), so a layout never permutes the batch (BN groups, crops)."""
+    port = str(free_port())
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-c", PLACE_BATCH, port]
+    procs = [
+        subprocess.Popen([*cmd, str(i)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in (0, 1)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+
+
+def test_per_device_bn_resumed_on_another_device_count_is_refused(tmp_path):
+    """per_device BN on 8 devices normalises over groups of 2; resumed on 1 device, the groups would
+    silently hold all 16 examples: refused, naming the groups, before anything trains."""
+    flags = {
+        "model.bn": "per_device",
+        "num_train_steps": 2,
+        "eval_every_steps": 2,
+        "checkpoint_every_steps": 2,
+    }
+    train.train_and_evaluate(tiny_config(**flags), str(tmp_path))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    longer = [f"--config.{k}={v}" for k, v in {**flags, "num_train_steps": 4}.items()]
+    cmd = [sys.executable, "-m", "resnet_jax.main", "--config=tests/configs/tiny.py", f"--workdir={tmp_path}"]
+    out = subprocess.run([*cmd, *longer], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "normalised BN over groups of 2 examples" in out.stderr and "groups of 16" in out.stderr
+    assert "on 8 devices" in out.stderr and "Traceback" not in out.stderr
+    assert checkpoint_steps(tmp_path) == [2]
+
+
+def test_a_run_resumed_on_another_device_count_continues_and_counts_each_part_s_devices(tmp_path):
+    """Global BN trained on 8 devices resumes on 1 (the replicated state restores onto any mesh);
+    summary.json's device_hours adds 8 devices' time before the checkpoint and 1 device's after it."""
+    flags = {"num_train_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 2}
+    train.train_and_evaluate(tiny_config(**flags), str(tmp_path))
+    before = json.loads((tmp_path / "checkpoints" / "2" / "clock" / "metadata").read_text())["wall_time_s"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    longer = [f"--config.{k}={v}" for k, v in {**flags, "num_train_steps": 4}.items()]
+    cmd = [sys.executable, "-m", "resnet_jax.main", "--config=tests/configs/tiny.py", f"--workdir={tmp_path}"]
+    out = subprocess.run([*cmd, *longer], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "resuming from step 2" in out.stdout, (
+        out.stdout[-2000:] + out.stderr[-2000:]
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["step"] == 4 and summary["num_devices"] == 1
+    after = summary["wall_time_s"] - before
+    assert summary["device_hours"] * 3600 == pytest.approx(8 * before + after, rel=1e-3)
 
 
 def test_two_processes_stream_a_tfds_dataset_and_evaluate_every_image_once(tiny_tfds, tmp_path):
