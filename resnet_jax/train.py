@@ -596,6 +596,18 @@ class Preemption:
             signal.signal(sig, handler)
 
 
+def write_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
+    """<workdir>/config.json, replaced whole: a kill mid-write, or another process reading it at that
+    moment, never sees a cut file (an object store's write is whole already)."""
+    path = epath.Path(workdir) / "config.json"
+    if is_remote(workdir):
+        path.write_text(cfg.to_json(indent=2))
+        return
+    tmp = path.with_name("config.json.tmp")
+    tmp.write_text(cfg.to_json(indent=2))
+    os.replace(tmp, path)
+
+
 def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     """Refuse to resume a run whose model, data, batch, seed or optimizer config differs (unless
     allow_config_change)."""
@@ -760,7 +772,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     profile = parse_profile_steps(cfg.profile_steps)
     num_devices = jax.device_count()
     if jax.process_index() == 0:
-        (epath.Path(workdir) / "config.json").write_text(cfg.to_json(indent=2))
+        write_config(cfg, workdir)
 
     mngr = checkpoint_manager(workdir, cfg.keep_checkpoints)
     restored = restore_checkpoint(mngr, run.abstract_state()) if mngr.all_steps() else None

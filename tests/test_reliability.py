@@ -13,6 +13,7 @@ import time
 
 import jax
 import pytest
+from etils import epath
 from helpers import (
     ROOT,
     assert_trees_equal,
@@ -182,6 +183,24 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
         train.TrainingError, match="no usable checkpoint in .*; move the directory away to start afresh"
     ):
         train.train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path))
+
+
+def test_a_cut_config_write_leaves_the_previous_config_whole(tmp_path, monkeypatch):
+    """A kill while config.json is written must not leave a cut file that the next start cannot read."""
+    cfg = tiny_config()
+    train.write_config(cfg, str(tmp_path))
+    whole = (tmp_path / "config.json").read_text()
+    real_write = epath.Path.write_text
+
+    def cut(self, text, *args, **kwargs):  # half the file, then the process "dies"
+        real_write(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(epath.Path, "write_text", cut)
+    with pytest.raises(KeyboardInterrupt):
+        train.write_config(cfg, str(tmp_path))
+    assert (tmp_path / "config.json").read_text() == whole
+    train.check_workdir_config(cfg, str(tmp_path))  # the next start reads it
 
 
 def test_a_workdir_with_another_model_is_refused(tmp_path):
