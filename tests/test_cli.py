@@ -44,6 +44,16 @@ BAD_CONFIGS = {
         train.ConfigError,
         "model.bn_group_size 3 must divide the per-device batch of 2",
     ),
+    "ghost bn without groups": (
+        {"model.bn": "ghost"},
+        train.ConfigError,
+        "model.bn='ghost' needs model.bn_group_size, the examples per BN group",
+    ),
+    "warm-up of no length": (  # would silently train without a warm-up
+        {"schedule.warmup": "linear"},
+        train.ConfigError,
+        "schedule.warmup='linear' needs its length: set schedule.warmup_steps or schedule.warmup_epochs",
+    ),
     "bn mode": (
         {"model.bn": "sync"},
         train.ConfigError,
@@ -54,6 +64,12 @@ BAD_CONFIGS = {
         {"eval_every_steps": 100},
         train.ConfigError,
         "eval_every_steps is 100 but the run has 4 steps",
+    ),
+    "all intervals too long": (  # named together, not one per try
+        {"log_every_steps": 10, "eval_every_steps": 100, "checkpoint_every_steps": 5},
+        train.ConfigError,
+        "log_every_steps is 10, eval_every_steps is 100 and checkpoint_every_steps is 5 but the run has 4 "
+        r"steps; use 1\.\.4",
     ),
     "checkpoint interval": (
         {"checkpoint_every_steps": 5},
