@@ -200,4 +200,19 @@ def test_trains_with_tensorflow_unavailable(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "done: step 4" in out.stdout
+    assert "done: step 4, held-out validation top-1 error" in out.stdout  # the tiny config holds out 200
+
+
+@pytest.mark.parametrize(
+    "overrides,where",
+    [
+        ({"data.name": "cifar10", "data.path": "x.tar"}, "test"),
+        ({"data.name": "cifar10", "data.path": "x.tar", "data.val_split": 5000}, "held-out validation"),
+        ({"data.name": "imagenet2012"}, "validation"),
+    ],
+)
+def test_the_final_line_names_the_set_the_error_is_on(overrides, where):
+    """`val` runs (the paper's 45k/5k split) must not call their held-out error a test error."""
+    from resnet_jax import main
+
+    assert main.eval_set_name(tiny_config(**overrides).data) == where
