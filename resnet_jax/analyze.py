@@ -224,6 +224,22 @@ def limited(batches: Iterator[dict], max_examples: int) -> Iterator[dict]:
         yield {**batch, "mask": mask}
 
 
+def eval_subset(inputs: Any, max_examples: int) -> Iterator[dict]:
+    """The evaluation batches, all or `max_examples` examples of them: an evenly spaced subset of
+    device-resident data (an image folder's test split is sorted by class, so its first N examples
+    would be one or two classes), the first N of streamed data."""
+    m = inputs.num_eval
+    if not max_examples or max_examples >= m or not inputs.resident:
+        yield from limited(inputs.eval_batches(), max_examples)
+        return
+    size = len(next(iter(inputs.eval_batches()))["index"])  # the evaluation's batch shape
+    chosen = np.arange(max_examples) * m // max_examples
+    for lo in range(0, max_examples, size):
+        idx = chosen[lo : lo + size]
+        index = np.pad(idx, (0, size - len(idx)), mode="edge").astype(np.int32)
+        yield {"index": index, "mask": np.arange(size) < len(idx)}
+
+
 def responses(net: Net, max_examples: int = 0) -> list[dict]:
     """Rows {layer_index, layer, std, std_all, examples} for every 3x3 layer, over the eval set."""
     from resnet_jax import train
@@ -242,7 +258,7 @@ def responses(net: Net, max_examples: int = 0) -> list[dict]:
 
     totals: dict[str, tuple] = {}
     examples = 0
-    for batch in limited(run.inputs.eval_batches(), max_examples):
+    for batch in eval_subset(run.inputs, max_examples):
         examples += int(batch["mask"].sum())
         device_batch = train.to_global(batch, run.mesh, run.inputs.resident)
         host = jax.device_get(moments(net.variables, device_batch, run.inputs.arrays))
@@ -406,7 +422,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", default="", help="output directory (default: <first workdir>/analysis)")
     if argv[0] == "responses":
-        p.add_argument("--max_examples", type=int, default=0, help="evaluation examples to use (0: all)")
+        p.add_argument(
+            "--max_examples",
+            type=int,
+            default=0,
+            help="evaluation examples to use (0: all; CIFAR, image folders: evenly spaced, not the first N)",
+        )
         p.add_argument("--statistic", choices=("channel", "all"), default="channel", help="std plotted")
     else:
         p.add_argument("--config", action="append", default=[], help="config file[:arg], at initialisation")

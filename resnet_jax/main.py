@@ -29,6 +29,16 @@ flags.DEFINE_integer(
 USAGE_EXIT = 2
 
 
+def eval_set_name(cfg_data) -> str:
+    """What the evaluation error is measured on: the held-out part of the training split (data.val_split),
+    the test split of device-resident data (CIFAR, image folders), or a TFDS validation split (ImageNet)."""
+    from resnet_jax import data
+
+    if cfg_data.val_split > 0:
+        return "held-out validation"
+    return "test" if data.is_in_memory(cfg_data) else "validation"
+
+
 def multi_process_environment() -> bool:
     """True in a SLURM job step of several tasks (srun) or on a multi-host TPU slice, where jax finds its
     peers itself. A single process in a multi-task allocation (sbatch/salloc, no srun) is one process."""
@@ -129,7 +139,8 @@ def main(argv: list[str]) -> None:
 
     if summary.get("done") and jax.process_index() == 0:
         err = summary.get("final_eval_top1_error")
-        print(f"done: step {summary['step']}, test top-1 error {err:.2f}%" if err is not None else "done")
+        where = eval_set_name(FLAGS.config.data)
+        print(f"done: step {summary['step']}, {where} top-1 error {err:.2f}%" if err is not None else "done")
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -57,12 +57,30 @@ def read_json(path: epath.Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
+
+
+def is_run(d: epath.Path) -> bool:
+    """Whether `d` is a run directory (the trainer wrote one of RUN_FILES there)."""
+    return any((d / f).exists() for f in RUN_FILES)
+
+
+def run_dirs(workdir: epath.PathLike) -> list[epath.Path]:
+    """The run directories of a sweep workdir, or [workdir] when it is one run's workdir itself."""
+    root = epath.Path(workdir)
+    if is_run(root):
+        return [root]
+    try:
+        children = [p for p in root.iterdir() if p.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted((d for d in children if is_run(d)), key=lambda p: p.name)
+
+
 def read_runs(workdir: epath.PathLike) -> list[RunResult]:
     """Every run directory under `workdir` (one with config.json, metrics.jsonl or summary.json)."""
     runs = []
-    for d in sorted((p for p in epath.Path(workdir).iterdir() if p.is_dir()), key=lambda p: p.name):
-        if not any((d / f).exists() for f in ("config.json", "metrics.jsonl", "summary.json")):
-            continue
+    for d in run_dirs(workdir):
         m = SEED_SUFFIX.search(d.name)
         point, seed = (d.name[: m.start()], int(m.group(1))) if m else (d.name, 0)
         runs.append(
@@ -359,7 +377,8 @@ def report(workdir: epath.PathLike, out: epath.PathLike | None = None) -> list[d
     points = group(read_runs(workdir))
     if not points:
         raise FileNotFoundError(
-            f"no run directories (config.json / metrics.jsonl / summary.json) in {workdir}"
+            f"no run directories (config.json / metrics.jsonl / summary.json) in {workdir}: give a sweep "
+            "workdir or one run's workdir"
         )
     rows = [summarise(point, runs) for point, runs in points.items()]
     out.mkdir(parents=True, exist_ok=True)
@@ -371,12 +390,18 @@ def report(workdir: epath.PathLike, out: epath.PathLike | None = None) -> list[d
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """python -m resnet_jax.report <sweep workdir> [--out=<dir>]."""
+    """python -m resnet_jax.report <sweep workdir, or one run's> [--out=<dir>]."""
     p = argparse.ArgumentParser(prog="python -m resnet_jax.report", description=__doc__.split("\n")[0])
-    p.add_argument("workdir", help="the sweep workdir, local or a URL such as gs://bucket/sweep")
+    p.add_argument(
+        "workdir", help="the sweep workdir (or one run's), local or a URL such as gs://bucket/sweep"
+    )
     p.add_argument("--out", default=None, help="output directory, local or a URL (default: the workdir)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    rows = report(args.workdir, args.out)
+    try:
+        rows = report(args.workdir, args.out)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     done = sum(r["done"] for r in rows)
     runs = sum(r["runs"] for r in rows)
     results = epath.Path(args.out or args.workdir) / "results.md"

@@ -94,7 +94,12 @@ def check_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
             f"use e.g. {max(num_devices, cfg.batch_size // num_devices * num_devices)}"
         )
     group = bn_group_size(cfg, num_devices)
-    if m.bn == "ghost" and (group <= 0 or (cfg.batch_size // num_devices) % group):
+    if m.bn == "ghost" and group <= 0:
+        raise ConfigError(
+            "model.bn='ghost' needs model.bn_group_size, the examples per BN group (e.g. 32), dividing "
+            f"the per-device batch of {cfg.batch_size // num_devices}"
+        )
+    if m.bn == "ghost" and (cfg.batch_size // num_devices) % group:
         raise ConfigError(
             f"model.bn_group_size {group} must divide the per-device batch of {cfg.batch_size // num_devices}"
         )
@@ -110,16 +115,27 @@ def check_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ConfigError(
             f"schedule.warmup must be 'none', 'constant' or 'linear'; got {cfg.schedule.warmup!r}"
         )
+    sch = cfg.schedule
+    if sch.warmup != "none" and sch.warmup_steps <= 0 and sch.warmup_epochs <= 0:
+        raise ConfigError(
+            f"schedule.warmup={sch.warmup!r} needs its length: set schedule.warmup_steps or "
+            "schedule.warmup_epochs (the paper's ResNet-110: 400 steps)"
+        )
     if m.dtype not in ("auto", *models.DTYPES):
         raise ConfigError(f"model.dtype must be 'auto' or one of {', '.join(models.DTYPES)}; got {m.dtype!r}")
 
 
 def check_intervals(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
     """Intervals longer than the run are mistakes (nothing would be logged or saved on time)."""
-    for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
-        value = cfg[key]
-        if value <= 0 or value > total_steps:
-            raise ConfigError(f"{key} is {value} but the run has {total_steps} steps; use 1..{total_steps}")
+    # All of them in one sentence: a short try-out run (num_train_steps=40) usually has all three.
+    bad = [
+        f"{key} is {cfg[key]}"
+        for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
+        if cfg[key] <= 0 or cfg[key] > total_steps
+    ]
+    if bad:
+        listed = ", ".join(bad[:-1]) + " and " + bad[-1] if len(bad) > 1 else bad[0]
+        raise ConfigError(f"{listed} but the run has {total_steps} steps; use 1..{total_steps}")
     if cfg.steps_per_call > 1:
         # Each call runs steps_per_call steps: a run whose length is no multiple of it would overshoot.
         if total_steps % cfg.steps_per_call:

@@ -6,6 +6,7 @@ import csv
 import json
 import pathlib
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +56,30 @@ def test_responses_of_plain_and_residual_nets(runs, tmp_path, capsys):
     assert "plain-8" in out and "stage2_block0/bn1" in out and "responses.png" in out
 
 
+def test_max_examples_spans_a_class_sorted_evaluation_split():
+    """An image folder's test split is sorted by class: --max_examples takes an evenly spaced subset,
+    not the first N (which would be all of class 0); streamed data keeps its first N."""
+    labels = np.repeat(np.arange(10), 10)  # 100 examples, class by class
+
+    def eval_batches(size=16):
+        for lo in range(0, 100, size):
+            idx = np.arange(lo, lo + size)
+            yield {"index": np.minimum(idx, 99).astype(np.int32), "mask": idx < 100}
+
+    inputs = types.SimpleNamespace(num_eval=100, resident=True, eval_batches=eval_batches)
+    batches = list(analyze.eval_subset(inputs, 20))
+    assert all(len(b["index"]) == 16 for b in batches)  # the evaluation's batch shape: no recompile
+    used = np.concatenate([b["index"][b["mask"]] for b in batches])
+    assert len(used) == 20 and len(set(used)) == 20
+    assert sorted(np.bincount(labels[used], minlength=10)) == [2] * 10
+
+    inputs.resident = False
+    used = np.concatenate([b["index"][b["mask"]] for b in analyze.eval_subset(inputs, 20)])
+    assert used.tolist() == list(range(20))
+    inputs.resident = True
+    assert sum(int(b["mask"].sum()) for b in analyze.eval_subset(inputs, 0)) == 100
+
+
 def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jax.lax.conv_general_dilated(
         x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -69,7 +94,8 @@ def test_residual_response_is_the_bn_output_before_the_addition(runs):
     cfg = analyze.read_config(str(runs["resnet"]))
     net = analyze.load_net(cfg, "r", str(runs["resnet"]), step=2, at_init=False)
     assert net.step == 2
-    batch = {"index": np.arange(24, dtype=np.int32), "mask": np.ones(24, bool)}
+    spaced = np.arange(24) * net.run.inputs.num_eval // 24  # the examples --max_examples=24 takes
+    batch = {"index": spaced.astype(np.int32), "mask": np.ones(24, bool)}
     images, _, _ = net.run.inputs.eval_images(batch, net.run.inputs.arrays)
     p, s = net.variables["params"], net.variables["batch_stats"]
     x = jax.nn.relu(bn_eval(conv3x3(images, p["conv1"]["kernel"]), p["bn1"], s["bn1"]))  # the stem
@@ -81,7 +107,7 @@ def test_residual_response_is_the_bn_output_before_the_addition(runs):
     np.testing.assert_allclose(got["stage1_block0/bn1"], r1, atol=1e-4)  # before the ReLU
     np.testing.assert_allclose(got["stage1_block0/bn2"], r2, atol=1e-4)  # before the addition
     assert float(r1.min()) < 0 and not np.allclose(r2, jax.nn.relu(r2 + x), atol=1e-2)
-    rows = analyze.responses(net, max_examples=24)  # the first evaluation batch
+    rows = analyze.responses(net, max_examples=24)
     want = float(np.asarray(r2, np.float64).std(axis=(0, 1, 2)).mean())
     assert rows[2]["layer"] == "stage1_block0/bn2" and rows[2]["examples"] == 24
     np.testing.assert_allclose(rows[2]["std"], want, rtol=1e-4)

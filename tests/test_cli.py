@@ -44,6 +44,16 @@ BAD_CONFIGS = {
         train.ConfigError,
         "model.bn_group_size 3 must divide the per-device batch of 2",
     ),
+    "ghost bn without groups": (
+        {"model.bn": "ghost"},
+        train.ConfigError,
+        "model.bn='ghost' needs model.bn_group_size, the examples per BN group",
+    ),
+    "warm-up of no length": (  # would silently train without a warm-up
+        {"schedule.warmup": "linear"},
+        train.ConfigError,
+        "schedule.warmup='linear' needs its length: set schedule.warmup_steps or schedule.warmup_epochs",
+    ),
     "bn mode": (
         {"model.bn": "sync"},
         train.ConfigError,
@@ -54,6 +64,12 @@ BAD_CONFIGS = {
         {"eval_every_steps": 100},
         train.ConfigError,
         "eval_every_steps is 100 but the run has 4 steps",
+    ),
+    "all intervals too long": (  # named together, not one per try
+        {"log_every_steps": 10, "eval_every_steps": 100, "checkpoint_every_steps": 5},
+        train.ConfigError,
+        "log_every_steps is 10, eval_every_steps is 100 and checkpoint_every_steps is 5 but the run has 4 "
+        r"steps; use 1\.\.4",
     ),
     "checkpoint interval": (
         {"checkpoint_every_steps": 5},
@@ -233,4 +249,19 @@ def test_trains_with_tensorflow_unavailable(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "done: step 4" in out.stdout
+    assert "done: step 4, held-out validation top-1 error" in out.stdout  # the tiny config holds out 200
+
+
+@pytest.mark.parametrize(
+    "overrides,where",
+    [
+        ({"data.name": "cifar10", "data.path": "x.tar"}, "test"),
+        ({"data.name": "cifar10", "data.path": "x.tar", "data.val_split": 5000}, "held-out validation"),
+        ({"data.name": "imagenet2012"}, "validation"),
+    ],
+)
+def test_the_final_line_names_the_set_the_error_is_on(overrides, where):
+    """`val` runs (the paper's 45k/5k split) must not call their held-out error a test error."""
+    from resnet_jax import main
+
+    assert main.eval_set_name(tiny_config(**overrides).data) == where

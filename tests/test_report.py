@@ -142,3 +142,18 @@ def test_report_reads_and_writes_gs_urls(gs_bucket, capsys):
     assert md.startswith("# Results of gs://b/sweep\n")
     assert "| resnet56 | cifar10 resnet56-A | 6.97 | 7.00 |" in md
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_one_runs_workdir_and_of_nothing(tmp_path, capsys):
+    """A run's own workdir is reported as a sweep of one; a folder without runs is one sentence, status 2."""
+    run = tmp_path / "r20"
+    fabricate_run(run, "configs/cifar10.py:resnet20", 9.0)
+    assert report.main([str(run)]) == 0
+    assert "1 points, 1/1 runs finished" in capsys.readouterr().out
+    assert "| r20 | cifar10 resnet20-A | 8.75 | 9.00 |" in (run / "results.md").read_text()
+
+    (tmp_path / "empty").mkdir()
+    for missing in (tmp_path / "empty", tmp_path / "nowhere"):
+        assert report.main([str(missing)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: no run directories") and err.count("\n") == 1
