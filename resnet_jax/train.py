@@ -121,6 +121,11 @@ def check_config(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
             f"schedule.warmup={sch.warmup!r} needs its length: set schedule.warmup_steps or "
             "schedule.warmup_epochs (the paper's ResNet-110: 400 steps)"
         )
+    if sch.warmup != "none" and sch.warmup_steps > 0 and sch.warmup_epochs > 0:
+        raise ConfigError(
+            f"schedule.warmup_steps ({sch.warmup_steps}) and schedule.warmup_epochs ({sch.warmup_epochs}) "
+            "are both set: keep one (the other at 0)"
+        )
     if m.dtype not in ("auto", *models.DTYPES):
         raise ConfigError(f"model.dtype must be 'auto' or one of {', '.join(models.DTYPES)}; got {m.dtype!r}")
 
@@ -624,6 +629,17 @@ def write_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, path)
 
 
+def same_file(was: dict, now: dict) -> bool:
+    """data.path spelled two ways (relative / absolute, a symlink) for one local file or directory."""
+    a, b = was.get("path") or "", now.get("path") or ""
+    if not a or not b or is_remote(a) or is_remote(b):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (here)
+        return False
+
+
 def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     """Refuse to resume a run whose model, data, batch, seed or optimizer config differs (unless
     allow_config_change)."""
@@ -636,7 +652,9 @@ def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     for section, keys in RESUME_KEYS.items():
         was, now = (old, new) if not section else (old.get(section, {}), new.get(section, {}))
         for key in keys or sorted(set(was) | set(now)):
-            if was.get(key) != now.get(key):
+            if was.get(key) != now.get(key) and not (
+                section == "data" and key == "path" and same_file(was, now)
+            ):
                 differ.append(f"{section}.{key}" if section else key)
     if differ:
         raise ConfigError(

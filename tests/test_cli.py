@@ -49,6 +49,11 @@ BAD_CONFIGS = {
         train.ConfigError,
         "model.bn='ghost' needs model.bn_group_size, the examples per BN group",
     ),
+    "warm-up of two lengths": (  # warmup_steps would silently win
+        {"schedule.warmup": "linear", "schedule.warmup_steps": 100, "schedule.warmup_epochs": 5.0},
+        train.ConfigError,
+        r"schedule.warmup_steps \(100\) and schedule.warmup_epochs \(5.0\) are both set",
+    ),
     "warm-up of no length": (  # would silently train without a warm-up
         {"schedule.warmup": "linear"},
         train.ConfigError,

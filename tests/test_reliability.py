@@ -203,6 +203,21 @@ def test_a_cut_config_write_leaves_the_previous_config_whole(tmp_path, monkeypat
     train.check_workdir_config(cfg, str(tmp_path))  # the next start reads it
 
 
+def test_data_path_spelled_another_way_for_the_same_file_resumes(tmp_path, monkeypatch):
+    """A relative and an absolute spelling (or a symlink) of one dataset are the same data."""
+    data = tmp_path / "cifar.tar"
+    data.write_bytes(b"")
+    (tmp_path / "link.tar").symlink_to(data)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    train.write_config(tiny_config(**{"data.path": "cifar.tar"}), str(tmp_path / "run"))
+    for same in (str(data), "link.tar", "./cifar.tar"):
+        train.check_workdir_config(tiny_config(**{"data.path": same}), str(tmp_path / "run"))
+    (tmp_path / "other.tar").write_bytes(b"")
+    with pytest.raises(train.ConfigError, match=r"different config \(data.path\)"):
+        train.check_workdir_config(tiny_config(**{"data.path": "other.tar"}), str(tmp_path / "run"))
+
+
 def test_a_workdir_with_another_model_is_refused(tmp_path):
     train.train_and_evaluate(tiny_config(**{"num_train_steps": 2, "eval_every_steps": 2}), str(tmp_path))
     changed = tiny_config(**{"model.depth": 14, "model.shortcut": "B"})
