@@ -51,6 +51,15 @@ def start(workdir, *extra) -> subprocess.Popen:
     )
 
 
+def start_and_wait_for_a_checkpoint(workdir) -> subprocess.Popen:
+    """`start`, then wait (up to 5 minutes) until the run has written its first checkpoint."""
+    proc = start(workdir)
+    deadline = time.time() + 300
+    while not checkpoint_steps(workdir) and time.time() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
 def finish(workdir, capsys) -> str:
     """Rerun the interrupted run to its end, in this process (the CLI's config); what it printed.
 
@@ -109,10 +118,7 @@ def test_kill_9_three_times_then_resume_is_bit_identical(straight, tmp_path, cap
 
 def test_sigterm_checkpoints_exits_0_and_resumes(straight, tmp_path, capsys):
     for _ in range(3):
-        proc = start(tmp_path)
-        deadline = time.time() + 300
-        while not checkpoint_steps(tmp_path) and time.time() < deadline:
-            time.sleep(0.05)
+        proc = start_and_wait_for_a_checkpoint(tmp_path)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-3000:]
@@ -135,10 +141,7 @@ def test_a_second_sigint_aborts_at_once_and_the_run_still_resumes(straight, tmp_
     arrive before Python runs the handler count as one), and before it stops by itself.
     """
     for _ in range(3):
-        proc = start(tmp_path)
-        deadline = time.time() + 300
-        while not checkpoint_steps(tmp_path) and time.time() < deadline:
-            time.sleep(0.05)
+        proc = start_and_wait_for_a_checkpoint(tmp_path)
         proc.send_signal(signal.SIGINT)
         out = ""
         for line in proc.stdout:
