@@ -18,6 +18,17 @@ def is_remote(path) -> bool:
     return "://" in str(path)
 
 
+def write_whole(path: epath.Path, text: str) -> None:
+    """Write `text` so that a reader (or a kill mid-write) never sees a cut file: locally to
+    `<path>.tmp`, then renamed over `path`; an object store's write is whole already."""
+    if is_remote(path):
+        path.write_text(text)
+        return
+    tmp = epath.Path(f"{path}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class MetricWriter:
     """Writes each event to `<workdir>/metrics.jsonl` and TensorBoard; only process 0 writes.
 
@@ -84,13 +95,7 @@ class MetricWriter:
     def summary(self, summary: dict) -> None:
         if not self.enabled:
             return
-        path = self.root / "summary.json"
-        if self.remote:
-            path.write_text(json.dumps(summary, indent=2))
-            return
-        with open(f"{path}.tmp", "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(f"{path}.tmp", path)
+        write_whole(self.root / "summary.json", json.dumps(summary, indent=2))
 
     def discard_summary(self) -> None:
         """Remove a summary.json of an earlier end of this workdir's run, which a continuing run outdates."""

@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax import data as data_lib
 from resnet_jax import models, optim
-from resnet_jax.metrics import MetricWriter, ProgressClock, is_remote
+from resnet_jax.metrics import MetricWriter, ProgressClock, is_remote, write_whole
 
 
 class ConfigError(ValueError):
@@ -619,19 +619,12 @@ class Preemption:
 
 def write_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     """<workdir>/config.json, replaced whole: a kill mid-write, or another process reading it at that
-    moment, never sees a cut file (an object store's write is whole already)."""
-    path = epath.Path(workdir) / "config.json"
-    if is_remote(workdir):
-        path.write_text(cfg.to_json(indent=2))
-        return
-    tmp = path.with_name("config.json.tmp")
-    tmp.write_text(cfg.to_json(indent=2))
-    os.replace(tmp, path)
+    moment, never sees a cut file."""
+    write_whole(epath.Path(workdir) / "config.json", cfg.to_json(indent=2))
 
 
-def same_file(was: dict, now: dict) -> bool:
-    """data.path spelled two ways (relative / absolute, a symlink) for one local file or directory."""
-    a, b = was.get("path") or "", now.get("path") or ""
+def same_file(a: str, b: str) -> bool:
+    """One local file or directory spelled two ways (relative / absolute, a symlink)."""
     if not a or not b or is_remote(a) or is_remote(b):
         return False
     try:
@@ -648,13 +641,14 @@ def check_workdir_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
         return
     old = json.loads(path.read_text())
     new = json.loads(cfg.to_json())
+    old_data, new_data = old.get("data", {}), new.setdefault("data", {})
+    if same_file(old_data.get("path") or "", new_data.get("path") or ""):
+        new_data["path"] = old_data["path"]  # another spelling of the same data is no change
     differ = []
     for section, keys in RESUME_KEYS.items():
         was, now = (old, new) if not section else (old.get(section, {}), new.get(section, {}))
         for key in keys or sorted(set(was) | set(now)):
-            if was.get(key) != now.get(key) and not (
-                section == "data" and key == "path" and same_file(was, now)
-            ):
+            if was.get(key) != now.get(key):
                 differ.append(f"{section}.{key}" if section else key)
     if differ:
         raise ConfigError(
