@@ -158,10 +158,9 @@ def summarise(point: str, runs: list[RunResult]) -> dict:
     held_out = int(cfg(runs[0].config, "data.val_split", 0) or 0)
     # The paper's bottlenecks stride on their first 1x1 (v1); a v1.5 net (stride on the 3x3) is another
     # architecture, for which the paper has no number.
-    v15 = cfg(runs[0].config, "model.family") == "imagenet" and depth >= 50
-    v15 = v15 and cfg(runs[0].config, "model.stride_on", "1x1") == "3x3"
-    # The paper's ImageNet errors are 10-crop on the validation set: a centre-crop run gets none beside it.
     imagenet = cfg(runs[0].config, "model.family") == "imagenet"
+    v15 = imagenet and depth >= 50 and cfg(runs[0].config, "model.stride_on", "1x1") == "3x3"
+    # The paper's ImageNet errors are 10-crop on the validation set: a centre-crop run gets none beside it.
     crop = cfg(runs[0].config, "data.eval_crop", "center")
     ref = (
         None if held_out or v15 or (imagenet and crop != "ten") else paper.reference(dataset, depth, shortcut)
