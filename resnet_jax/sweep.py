@@ -122,20 +122,15 @@ def run_dir(workdir: str, run: Run) -> str:
 
 
 def is_done(run_workdir: str) -> bool:
-    """True when the trainer finished this run (summary.json with "done": true)."""
+    """True when the trainer finished this run (summary.json with "done": true). An unreadable workdir
+    (no network, no credentials for gs://) is an OSError of one sentence."""
     summary = epath.Path(run_workdir) / "summary.json"  # local or an object store (gs://)
-    if not summary.exists():
-        return False
     try:
+        if not summary.exists():
+            return False
         return bool(json.loads(summary.read_text()).get("done"))
     except (json.JSONDecodeError, AttributeError):
         return False
-
-
-def is_done_or_say_why(run_workdir: str) -> bool:
-    """`is_done`, but an unreadable workdir (no network, no credentials for gs://) is one sentence."""
-    try:
-        return is_done(run_workdir)
     except Exception as e:  # noqa: BLE001 - TensorFlow's and etils' storage errors have no common base
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OSError(
@@ -196,7 +191,7 @@ def run_local(
     todo = []
     for run in runs:
         path = run_dir(workdir, run)
-        if is_done_or_say_why(path):
+        if is_done(path):
             print(f"[sweep] skip (done) {path}", flush=True)
         else:
             todo.append((run, path, [*trainer, *train_flags(run, path, extra)]))
@@ -291,7 +286,7 @@ def sweep(args: argparse.Namespace) -> int:
     for run in runs:
         path = run_dir(args.workdir, run)
         cmd = launch_command(args.mode, run, args.workdir, extra)
-        if is_done_or_say_why(path):
+        if is_done(path):
             print(f"# done: {path}")
         elif args.mode == "slurm" and not args.submit:  # Slurm does not create the --output directory
             print(f"mkdir -p {shlex.quote(path)} && {shlex.join(cmd)}")

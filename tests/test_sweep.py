@@ -246,10 +246,17 @@ def test_bad_sweep_input_is_one_sentence_and_exit_2_before_any_run(tmp_path, cap
         assert words in err and err.startswith("error: ") and len(err.splitlines()) == 1, (argv, err)
     assert not list(tmp_path.iterdir())  # no run was started
 
-    def unreachable(path):
-        raise RuntimeError("Could not resolve host: www.googleapis.com\nmore detail")
+    class Unreachable:  # an object store that cannot be reached
+        def __init__(self, path):
+            pass
 
-    monkeypatch.setattr(sweep, "is_done", unreachable)
+        def __truediv__(self, name):
+            return self
+
+        def exists(self):
+            raise RuntimeError("Could not resolve host: www.googleapis.com\nmore detail")
+
+    monkeypatch.setattr(sweep.epath, "Path", Unreachable)
     assert sweep.main(["configs/sweeps/cifar_depth.py:smoke", "--workdir=gs://b/s", "--mode=print"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
