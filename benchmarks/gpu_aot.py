@@ -48,7 +48,14 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_step import add_step_flags, build_config, memory, update_fn, write_json  # noqa: E402 (jax-free at import)
+from train_step import (  # noqa: E402 (jax-free at import)
+    add_step_flags,
+    build_config,
+    memory,
+    state_layouts_round_trip,
+    update_fn,
+    write_json,
+)
 
 DEFAULT_TARGET = ROOT / "benchmarks" / "gpu_targets" / "h100_sxm.txtpb"
 COLLECTIVES = (
@@ -377,10 +384,7 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
     counts = read_dump(dump)
     mem = memory(compiled)
     if args.state_layout == "auto":  # train_step.place_state needs them equal to run the step
-        state_in, state_out = compiled.input_formats[0][0], compiled.output_formats[0]
-        counts["state_layouts_round_trip"] = [f.layout for f in jax.tree.leaves(state_in)] == [
-            f.layout for f in jax.tree.leaves(state_out)
-        ]
+        counts["state_layouts_round_trip"] = state_layouts_round_trip(compiled)
     return {
         "config": args.config,
         "family": cfg.model.family,

@@ -199,17 +199,25 @@ def update_fn(run, args):
     return jax.jit(run.update.__wrapped__, **kwargs)
 
 
+def state_layouts_round_trip(compiled) -> bool:
+    """Whether the compiled step returns the state in the layouts it takes it in (needed to loop it)."""
+    import jax
+
+    def layouts(formats):
+        return [f.layout for f in jax.tree.leaves(formats)]
+
+    return layouts(compiled.input_formats[0][0]) == layouts(compiled.output_formats[0])
+
+
 def place_state(compiled, state, args):
     """`state` in the layouts the compiled step takes (--state_layout auto), as it also returns them."""
     if args.state_layout == "default":
         return state
     import jax
 
-    formats = compiled.input_formats[0][0]
-    layouts = [f.layout for f in jax.tree.leaves(formats)]
-    if layouts != [f.layout for f in jax.tree.leaves(compiled.output_formats[0])]:
+    if not state_layouts_round_trip(compiled):
         raise SystemExit("--state_layout auto: XLA returns the state in other layouts than it takes it")
-    return jax.device_put(state, formats)
+    return jax.device_put(state, compiled.input_formats[0][0])
 
 
 def timed_repeats(fn, repeats: int) -> list[float]:
