@@ -57,7 +57,7 @@ def point(depth: int, scan: bool, batch: int, dtype: str, run_mode: str) -> dict
     first = next(batches)
     out["setup_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    lowered = run.update.lower(abstract, first, run.inputs.arrays)
+    lowered = run.update.lower(abstract, first)
     out["lower_s"] = time.perf_counter() - t
     t = time.perf_counter()
     compiled = lowered.compile()
@@ -76,7 +76,7 @@ def point(depth: int, scan: bool, batch: int, dtype: str, run_mode: str) -> dict
         out["ready_s"] = time.perf_counter() - T_START  # compiled step + initial state, step not run
     if do_run:
         t = time.perf_counter()
-        state, metrics = compiled(state, first, run.inputs.arrays)
+        state, metrics = compiled(state, first)
         jax.block_until_ready(state)
         out["first_run_s"] = time.perf_counter() - t
         out["first_loss"] = float(metrics["loss"]) / float(metrics["count"])

@@ -43,19 +43,12 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_step import (  # noqa: E402 (jax-free at import)
-    add_step_flags,
-    build_config,
-    memory,
-    state_layouts_round_trip,
-    update_fn,
-    write_json,
-)
+from common import add_config_flags, build_config, compile_update, write_json  # noqa: E402 (jax-free)
+from train_step import add_step_flags, memory, state_layouts_round_trip, update_fn  # noqa: E402
 
 DEFAULT_TARGET = ROOT / "benchmarks" / "gpu_targets" / "h100_sxm.txtpb"
 COLLECTIVES = (
@@ -110,7 +103,7 @@ def on_mesh(mesh):
     import jax
     import numpy as np
 
-    from resnet_jax import train
+    from resnet_jax import inputs
 
     def abstract(x, sharding=None, *a, **k):
         x = np.asarray(x)
@@ -119,15 +112,15 @@ def on_mesh(mesh):
     def from_local(sharding, value, *a, **k):
         return abstract(value, sharding)
 
-    saved = (train.create_mesh, jax.device_put, jax.make_array_from_process_local_data, jax.device_count)
-    train.create_mesh = lambda: mesh
+    saved = (inputs.create_mesh, jax.device_put, jax.make_array_from_process_local_data, jax.device_count)
+    inputs.create_mesh = lambda: mesh
     jax.device_put = abstract
     jax.make_array_from_process_local_data = from_local
     jax.device_count = lambda *a: mesh.devices.size
     try:
         yield
     finally:
-        train.create_mesh, jax.device_put, jax.make_array_from_process_local_data, jax.device_count = saved
+        inputs.create_mesh, jax.device_put, jax.make_array_from_process_local_data, jax.device_count = saved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,10 +358,6 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
         run = train.setup(cfg)
         state = run.abstract_state()
         batch = next(run.batches(0))
-        arrays = run.inputs.arrays
-    t = time.perf_counter()
-    lowered = update_fn(run, args).lower(state, batch, arrays)
-    lower_s = time.perf_counter() - t
     variant = ("_auto_layout" if args.state_layout == "auto" else "") + ("" if args.donate else "_no_donate")
     stem = pathlib.Path(args.config.split(":")[0]).stem
     dump = (
@@ -377,10 +366,7 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
     )
     shutil.rmtree(dump, ignore_errors=True)  # read_dump must not find an earlier compile's modules
     dump.mkdir(parents=True)
-    options = {"xla_dump_to": str(dump)}
-    t = time.perf_counter()
-    compiled = lowered.compile(compiler_options=options)
-    compile_s = time.perf_counter() - t
+    compiled, lower_s, compile_s = compile_update(update_fn(run, args), state, batch, xla_dump_to=str(dump))
     counts = read_dump(dump)
     mem = memory(compiled)
     if args.state_layout == "auto":  # train_step.place_state needs them equal to run the step
@@ -439,12 +425,8 @@ def summary(r: dict) -> str:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="", help="configs/<file>.py[:arg], as for train_step.py")
-    p.add_argument("--batch_size", type=int, default=0)
-    p.add_argument("--dtype", default="")
+    add_config_flags(p, required=False)
     p.add_argument("--steps_per_call", default="1", help="comma list, one compile each")
-    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--real_data", action="store_true")
     add_step_flags(p)
     p.add_argument("--target", default=str(DEFAULT_TARGET), help="GpuTargetConfigProto text file")
     p.add_argument("--topology", default="1x1x1", help="slices x hosts x GPUs per host, e.g. 1x1x8")

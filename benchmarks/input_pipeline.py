@@ -1,10 +1,11 @@
 """Input pipeline throughput: the ImageNet tf.data path on real JPEGs, and the device-resident CIFAR path.
 
 ImageNet: CIFAR-10 training images upscaled to ImageNet-like sizes (about 400 px) and written as JPEGs
-are built into a TFDS dataset (resnet_jax.data.folder_tfds), then read through tfds_train_iterator
-("paper" and "inception") and tfds_eval_iterator ("center", "ten"): images/s, and per host core.
-CIFAR: the whole training split on one device as uint8; each step computes its indices on the host,
-gathers, pads, crops, flips and normalises inside one jitted call: steps/s at the given batch size.
+are built into a TFDS dataset (resnet_jax.data.folder_tfds), then read through data.streamed's
+train_iterator ("paper" and "inception") and eval_iterator ("center", "ten"): images/s, per host core.
+CIFAR: the trainer's own device-held input path (resnet_jax.inputs) on one device: each step's indices
+computed on the host and sharded, then gathered, padded, cropped, flipped and normalised inside one
+jitted call: steps/s at the given batch size.
 
     python benchmarks/input_pipeline.py --json /tmp/input_pipeline.json
 """
@@ -25,7 +26,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resnet_jax import data  # noqa: E402
+from resnet_jax import config, data  # noqa: E402
+from resnet_jax.data import device_held, streamed  # noqa: E402
+from resnet_jax.data.common import DeviceHeldData  # noqa: E402
 
 SIZES = [(500, 375), (375, 500), (400, 400), (480, 360)]  # (W, H), like typical ImageNet photos
 
@@ -34,15 +37,15 @@ def host_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def cifar_arrays(args) -> data.InMemoryData:
+def cifar_data(args):
+    """The data section of the CIFAR part: the archive, else CIFAR-shaped random images."""
     if args.cifar_tar and pathlib.Path(args.cifar_tar).exists():
-        cfg = {"name": "cifar10", "path": args.cifar_tar, "cache_dir": args.cache_dir}
-        return data.load_in_memory(cfg, seed=0)
+        return config.data_config(name="cifar10", path=args.cifar_tar, cache_dir=args.cache_dir)
     print(f"no archive at {args.cifar_tar!r}: random uint8 CIFAR-shaped arrays instead", file=sys.stderr)
-    return data.load_in_memory({"name": "synthetic", "image_size": 32, "synthetic_examples": 50_000}, seed=0)
+    return config.data_config(name="synthetic", image_size=32, synthetic_examples=50_000)
 
 
-def build_jpegs(args, cifar: data.InMemoryData) -> dict:
+def build_jpegs(args, cifar: DeviceHeldData) -> dict:
     from resnet_jax.data import folder_tfds
 
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="input_pipeline_"))
@@ -83,12 +86,13 @@ def bench_imagenet(args, cfg: dict) -> list[dict]:
     jpeg_kb = cfg.pop("jpeg_kb")
     rows, b = [], args.imagenet_batch
     for augment in ("paper", "inception"):
-        make = lambda a=augment: data.tfds_train_iterator({**cfg, "augment": a}, b, seed=0, start_step=0)
+        make = lambda a=augment: streamed.train_iterator(config.data_config(**cfg, augment=a), b, 0, 0)
         rate, n = time_iterator(make, args.imagenet_batches, warmup=2)
         rows.append({"pipeline": f"imagenet train {augment}", "batch": b, "images": n, "images_per_s": rate})
     for crop in ("center", "ten"):
-        make = lambda c=crop: data.tfds_eval_iterator({**cfg, "eval_crop": c}, b)
-        steps = min(args.imagenet_batches, data.eval_steps({**cfg, "eval_crop": crop}, b) - 1)
+        make = lambda c=crop: streamed.eval_iterator(config.data_config(**cfg, eval_crop=c), b)
+        n_eval = data.dataset_info(config.data_config(**cfg))["num_eval"]
+        steps = min(args.imagenet_batches, streamed.eval_batches(n_eval, b, 1) - 1)
         rate, n = time_iterator(make, steps, warmup=1)
         rows.append({"pipeline": f"imagenet eval {crop}", "batch": b, "images": n, "images_per_s": rate})
     for r in rows:
@@ -97,28 +101,28 @@ def bench_imagenet(args, cfg: dict) -> list[dict]:
     return rows
 
 
-def bench_cifar(args, cifar: data.InMemoryData) -> dict:
+def bench_cifar(args, cifar_cfg) -> dict:
     import jax
     import jax.numpy as jnp
+    import numpy as np
+
+    from resnet_jax import inputs
 
     device = jax.devices()[0]
-    images, labels = jax.device_put(cifar.train_images, device), jax.device_put(cifar.train_labels, device)
-    mean, std = jax.device_put(cifar.mean, device), jax.device_put(cifar.std, device)
-    n, b = len(cifar.train_labels), args.cifar_batch
-
-    @jax.jit
-    def step(rng, idx):
-        x, y = data.train_batch(rng, images, labels, idx, mean, std, jnp.float32)
-        return x, y
-
+    cfg = config.base_config()
+    cfg.data, cfg.batch_size = cifar_cfg, args.cifar_batch
+    mesh = jax.sharding.Mesh(np.array([device]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    feed = inputs.device_held_inputs(cfg, mesh, jnp.float32)  # the trainer's own input path
+    b = args.cifar_batch
+    step = jax.jit(feed.train_images)
     key = jax.random.key(0)
     out = None
+    batches = feed.train_batches(0)
     for s in range(args.cifar_steps + 5):
         if s == 5:
             jax.block_until_ready(out)
             t0 = time.perf_counter()
-        idx = data.train_batch_indices(0, s, b, n)
-        out = step(jax.random.fold_in(key, s), idx)
+        out = step(jax.random.fold_in(key, s), next(batches))
     jax.block_until_ready(out)
     rate = args.cifar_steps / (time.perf_counter() - t0)
     return {
@@ -147,12 +151,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
 
-    cifar = cifar_arrays(args)
+    cifar_cfg = cifar_data(args)
     rows = []
     if "cifar" not in skip:
-        rows.append(bench_cifar(args, cifar))
+        rows.append(bench_cifar(args, cifar_cfg))
     if "imagenet" not in skip:
-        rows += bench_imagenet(args, build_jpegs(args, cifar))
+        rows += bench_imagenet(args, build_jpegs(args, device_held.load(cifar_cfg, seed=0, batch_size=128)))
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "host_cores": host_cores(),

@@ -32,7 +32,7 @@ import time
 import types
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from train_step import write_json  # noqa: E402
+from common import write_json  # noqa: E402
 
 STAND_INS = ("tensorflow", "tensorflow_datasets", "clu", "clu.metric_writers", "clu.periodic_actions")
 

@@ -24,7 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from train_step import write_json  # noqa: E402
+from common import write_json  # noqa: E402
 
 
 def build_model(name: str, num_classes: int):

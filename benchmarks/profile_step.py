@@ -69,7 +69,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from train_step import _COMPUTATION, _HEAVY, build_config, environment, write_json  # noqa: E402
+from common import (  # noqa: E402 (jax-free at import)
+    add_config_flags,
+    build_config,
+    compile_update,
+    environment,
+    run_calls,
+    staged_batches,
+    write_json,
+)
+from train_step import _COMPUTATION, _HEAVY  # noqa: E402
 
 if TYPE_CHECKING:
     from jax.profiler import ProfileData
@@ -371,24 +380,17 @@ def capture(args: argparse.Namespace) -> dict:
     run = train.setup(cfg)
     state = run.init()
     batches = run.batches(0)
-    arrays = run.inputs.arrays
     first = next(batches)
-    t = time.perf_counter()
-    compiled = run.update.lower(state, first, arrays).compile()
-    compile_s = time.perf_counter() - t
+    compiled, _, compile_s = compile_update(run.update, state, first)
     hlo = compiled.as_text() or ""
-    calls = max(1, -(-args.steps // k))
-    staged = [next(batches) for _ in range(calls)]
-    state, _ = compiled(state, first, arrays)
-    for i in range(-(-args.warmup // k)):
-        state, _ = compiled(state, staged[i % calls], arrays)
-    state = jax.block_until_ready(state)
+    staged = staged_batches(batches, args.steps, k)
+    calls = len(staged)
+    state = run_calls(compiled, state, [first], 1)
+    state = run_calls(compiled, state, staged, -(-args.warmup // k))
 
     def loop(s: Any) -> tuple[Any, float]:
         t = time.perf_counter()
-        for b in staged:
-            s, _ = compiled(s, b, arrays)
-        s = jax.block_until_ready(s)
+        s = run_calls(compiled, s, staged, calls)
         return s, time.perf_counter() - t
 
     state, plain_s = loop(state)
@@ -467,14 +469,10 @@ def table(r: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="", help="configs/<file>.py[:arg], e.g. configs/cifar10.py:resnet20")
+    add_config_flags(p, required=False)
     p.add_argument("--steps", type=int, default=20, help="training steps traced (rounded up to whole calls)")
     p.add_argument("--warmup", type=int, default=5, help="training steps before timing")
-    p.add_argument("--batch_size", type=int, default=0, help="global batch (default: the config's)")
-    p.add_argument("--dtype", default="", help="model.dtype: float32, bfloat16 (default: the config's)")
     p.add_argument("--steps_per_call", type=int, default=1, help="steps fused into one call")
-    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--real_data", action="store_true", help="the config's data instead of synthetic")
     p.add_argument("--device", type=int, default=0, help="which device's ops to read")
     p.add_argument("--trace_dir", default="", help="where the trace goes (default: a new temporary dir)")
     p.add_argument("--from_trace", default="", help="read this trace dir again instead of running")

@@ -33,20 +33,24 @@ bf16 rate of the devices (PEAK_BF16; no MFU on CPU or unknown devices).
 from __future__ import annotations
 
 import argparse
-import ast
-import contextlib
-import datetime
-import json
 import os
 import pathlib
-import platform
 import re
 import statistics
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import (  # noqa: E402 (jax-free at import)
+    add_config_flags,
+    build_config,
+    compilation_cache,
+    compile_update,
+    environment,
+    run_calls,
+    staged_batches,
+    write_json,
+)
 
 # Dense bfloat16 matrix FLOP/s of one device, matched (first hit) against jax's device_kind.
 PEAK_BF16 = (
@@ -68,56 +72,6 @@ def peak_bf16(device_kind: str, platform_name: str) -> float | None:
     if platform_name == "cpu":
         return None
     return next((peak for name, peak in PEAK_BF16 if name.lower() in device_kind.lower()), None)
-
-
-def parse_value(old, text: str):
-    """A --set value in the type of the key it replaces."""
-    if isinstance(old, bool):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1")
-    if isinstance(old, int | float):
-        return type(old)(ast.literal_eval(text))
-    if isinstance(old, str):
-        return text
-    return type(old)(ast.literal_eval(text))  # tuples: "(30, 60)"
-
-
-def set_key(cfg, key: str, text: str) -> None:
-    *parents, leaf = key.split(".")
-    node = cfg
-    for p in parents:
-        node = node[p]
-    if leaf not in node:
-        raise KeyError(f"--set {key}: no such config key")
-    node[leaf] = parse_value(node[leaf], text)
-
-
-def build_config(args, steps_per_call: int):
-    """The experiment's config with the benchmark's overrides: synthetic data, never-due intervals."""
-    from resnet_jax import experiments
-
-    cfg = experiments.load_config(args.config)
-    if not args.real_data:
-        cfg.data.name = "synthetic"
-        cfg.data.path = ""
-        if cfg.model.family == "cifar":
-            cfg.data.image_size = 32
-    if args.batch_size:
-        cfg.batch_size = args.batch_size
-    if args.dtype:
-        cfg.model.dtype = args.dtype
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set wants key=value, got {item!r}")
-        set_key(cfg, key.strip(), value.strip())
-    cfg.steps_per_call = steps_per_call
-    # The run's length and intervals only matter to the loop: make them valid for any config.
-    k = steps_per_call
-    cfg.num_train_steps = k * 1_000_000
-    cfg.log_every_steps = cfg.eval_every_steps = cfg.checkpoint_every_steps = k * 1_000
-    return cfg
 
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)^\}", re.M | re.S)
@@ -194,7 +148,7 @@ def update_fn(run, args):
 
     kwargs = {"donate_argnums": (0,)} if args.donate else {}
     if args.state_layout == "auto":
-        kwargs["in_shardings"] = (Format(Layout.AUTO), None, None)
+        kwargs["in_shardings"] = (Format(Layout.AUTO), None)
         kwargs["out_shardings"] = (Format(Layout.AUTO), None)
     return jax.jit(run.update.__wrapped__, **kwargs)
 
@@ -246,45 +200,32 @@ def measure(args, steps_per_call: int, log=print) -> dict:
     state = jax.block_until_ready(run.init())
     init_s = time.perf_counter() - t
     batches = run.batches(0)
-    arrays = run.inputs.arrays
     first = next(batches)
-
-    t = time.perf_counter()
     # Layout.AUTO lowers on shapes only: a jax.Array argument has a concrete layout already.
     spec = run.abstract_state() if args.state_layout == "auto" else state
-    lowered = update_fn(run, args).lower(spec, first, arrays)
-    lower_s = time.perf_counter() - t
-    t = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - t
+    compiled, lower_s, compile_s = compile_update(update_fn(run, args), spec, first)
     state = place_state(compiled, state, args)
     xla_flops, xla_bytes, loops = cost(compiled)
     log(f"  compiled in {lower_s:.1f} s (lower) + {compile_s:.1f} s (compile)")
 
     t = time.perf_counter()
-    state, _ = compiled(state, first, arrays)
-    jax.block_until_ready(state)
+    state = run_calls(compiled, state, [first], 1)
     first_run_s = time.perf_counter() - t
 
-    calls = max(1, -(-args.steps // k))
-    staged = [next(batches) for _ in range(calls)]
-    jax.block_until_ready(staged)
-    for i in range(-(-args.warmup // k)):
-        state, _ = compiled(state, staged[i % calls], arrays)
-    jax.block_until_ready(state)
+    staged = staged_batches(batches, args.steps, k)
+    calls = len(staged)
+    state = run_calls(compiled, state, staged, -(-args.warmup // k))
 
     box = {"state": state}
 
     def step_loop():
         s = box["state"]
-        for b in staged:
-            s, _ = compiled(s, b, arrays)
-        box["state"] = jax.block_until_ready(s)
+        box["state"] = run_calls(compiled, s, staged, calls)
 
     def trainer_loop(n: int = calls):
         s, total = box["state"], None
         for _ in range(n):
-            s, metrics = compiled(s, next(batches), arrays)
+            s, metrics = compiled(s, next(batches))
             total = train.accumulate(total, metrics)
         box["state"], _ = jax.block_until_ready((s, total))
 
@@ -292,7 +233,7 @@ def measure(args, steps_per_call: int, log=print) -> dict:
     if args.loop:
         trainer_loop(min(calls, 2))  # untimed: the eager ops of `accumulate` compile on their first use
     loop_times = timed_repeats(trainer_loop, args.repeats) if args.loop else []
-    _, metrics = compiled(box["state"], staged[0], arrays)
+    _, metrics = compiled(box["state"], staged[0])
     metrics = jax.device_get(metrics)
     loss = float(metrics["loss"]) / float(metrics["count"])
     box.clear()  # the state was donated
@@ -372,7 +313,7 @@ def count_flops(args) -> dict:
     t = time.perf_counter()
     run = train.setup(cfg)
     update = update_fn(run, args)
-    compiled = update.lower(run.abstract_state(), next(run.batches(0)), run.inputs.arrays).compile()
+    compiled, _, _ = compile_update(update, run.abstract_state(), next(run.batches(0)))
     xla_flops, xla_bytes, loops = cost(compiled)
     n_dev = len(jax.devices())
     macs = flops_lib.count_macs(run.model, run.inputs.image_shape[0])
@@ -403,32 +344,6 @@ def fill_mfu(row: dict) -> None:
     row["achieved_tflops_analytic"] = row["analytic_flops_per_step"] / step_s / 1e12
 
 
-def environment() -> dict:
-    import flax
-    import jax
-
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": getattr(jax.lib, "__version__", None) or jax.__version__,
-        "flax": flax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "host_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
-
-
-def write_json(path: str | pathlib.Path, obj: dict | list) -> None:
-    """Write a benchmark's result as indented JSON, creating the parent folder."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2))
-
-
 def fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
@@ -455,23 +370,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def compilation_cache(enabled: bool):
-    """Compile times are only real without the persistent cache; restore the caller's setting."""
-    import jax
-
-    try:
-        old = jax.config.jax_enable_compilation_cache
-        jax.config.update("jax_enable_compilation_cache", enabled)
-    except AttributeError:  # a jax without the option: nothing to switch
-        yield
-        return
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_compilation_cache", old)
-
-
 def add_step_flags(p: argparse.ArgumentParser) -> None:
     """Flags that change how the trainer's step is compiled (experiments; see `update_fn`)."""
     p.add_argument(
@@ -486,19 +384,13 @@ def add_step_flags(p: argparse.ArgumentParser) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--config", required=True, help="configs/<file>.py[:arg], e.g. configs/cifar10.py:resnet56"
-    )
+    add_config_flags(p)
     p.add_argument("--steps", type=int, default=50, help="training steps per timed repeat")
     p.add_argument("--warmup", type=int, default=10, help="training steps before timing")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
-    p.add_argument("--batch_size", type=int, default=0, help="global batch (default: the config's)")
-    p.add_argument("--dtype", default="", help="model.dtype: float32, bfloat16 (default: the config's)")
     p.add_argument(
         "--steps_per_call", default="1", help="steps fused into one call; a comma list measures each"
     )
-    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--real_data", action="store_true", help="the config's data instead of synthetic")
     add_step_flags(p)
     p.add_argument("--no_loop", dest="loop", action="store_false", help="skip the trainer-like loop timing")
     p.add_argument("--compilation_cache", action="store_true", help="allow the persistent compilation cache")

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -39,12 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from resnet_jax import probes
+from resnet_jax.probes import block_order, layer_name, response_layers
 from resnet_jax.report import pyplot, save_figure, write_csv
 
 USAGE_EXIT = 2
 COMMANDS = ("responses", "gradients")
-_BN = re.compile(r"bn(\d+)$")
-_BLOCK = re.compile(r"stage(\d+)_block(\d+)$")
 
 
 class AnalysisError(ValueError):
@@ -61,8 +59,9 @@ class Net:
 
     label: str
     step: int | None  # None: at initialisation
-    run: Any  # train.Run
-    model: Any  # models.ResNet, unscanned
+    inputs: Any  # inputs.Inputs of the run's config, in float32
+    trained_model: Any  # models.ResNet as the run trained it (scanned or not)
+    model: Any  # models.ResNet, unscanned, float32, without remat
     variables: dict  # {"params", "batch_stats"}, unscanned
     rng: jax.Array  # the state's raw key data
 
@@ -79,136 +78,43 @@ def read_config(workdir: str) -> Any:
     """The resolved config a run wrote to <workdir>/config.json."""
     import ml_collections
 
-    path = epath.Path(workdir) / "config.json"
-    if not path.exists():
+    from resnet_jax import workdir as files
+
+    saved = files.read_config(workdir)
+    if saved is None:
         raise AnalysisError(f"{workdir} holds no config.json: give the workdir of a training run")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def restore(workdir: str, run: Any, step: int | None) -> Any:
-    """The TrainState of checkpoint `step` (None: the latest readable one), read-only."""
-    import orbax.checkpoint as ocp
-
-    from resnet_jax import train
-
-    directory = train.checkpoint_dir(workdir)
-    steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
-    if not steps:
-        raise AnalysisError(f"no checkpoints in {directory}; train the run first")
-    mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    try:
-        if step is None:
-            state, _ = train.restore_checkpoint(mngr, run.abstract_state(), set_aside_damaged=False)
-            return state
-        if step not in steps:
-            raise AnalysisError(f"no checkpoint for step {step} in {directory}; there are {sorted(steps)}")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(run.abstract_state()))
-        return mngr.restore(step, args=args)["state"]
-    finally:
-        mngr.close()
+    return ml_collections.ConfigDict(saved)
 
 
 def load_net(cfg: Any, label: str, workdir: str | None, step: int | None, at_init: bool) -> Net:
-    """Set the run up, restore (or initialise) its state and unstack it for the unscanned model."""
-    from resnet_jax import models, train
+    """Build the run's inputs and net, restore (or initialise) its variables and unstack them."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
-    run = train.setup(cfg)
+    from resnet_jax import checkpoints, config, data, inputs, models
+
+    num_devices = jax.device_count()
+    config.check(cfg, num_devices)
+    data.validate(cfg.data)
+    mesh = inputs.create_mesh()
+    feed = inputs.create(cfg, mesh, jnp.float32)
+    options = config.model_options(cfg, num_devices)
+    trained = models.build(options, cfg.data.num_classes or feed.num_classes)
     if workdir is None or at_init:
-        state = run.init()
+        variables = jax.jit(lambda: models.init_variables(trained, cfg.seed, feed.image_shape))()
+        rng, where = inputs.augment_key(cfg.seed), None
     else:
-        state = restore(workdir, run, step)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    if cfg.model.scan_blocks:
+        state = checkpoints.read_state(workdir, step, NamedSharding(mesh, P()))
+        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        rng, where = state["rng"], int(jax.device_get(state["step"]))
+    if options.scan_blocks:
         variables = models.convert_variables(variables, to_scan=False)
-    model = run.model.clone(scan_blocks=False, remat=False, dtype=jnp.float32)
-    where = None if workdir is None or at_init else int(jax.device_get(state.step))
-    return Net(label, where, run, model, variables, state.rng)
+    model = trained.with_options(scan_blocks=False, remat=False, dtype="float32")
+    return Net(label, where, feed, trained, model, variables, rng)
 
 
 # ---------------------------------------------------------------------------------------------
 # Responses (Figure 7).
-
-
-def response_layers(params: dict) -> list[tuple[str, ...]]:
-    """Paths of the BN modules that follow a 3x3 convolution, in network order.
-
-    A BN `bn<k>` follows the sibling `conv<k>`; only 3x3 kernels count: in a CIFAR net the stem
-    and both convolutions of every basic block (6n+1 layers for depth 6n+2), in a bottleneck only
-    bn2; the ImageNet 7x7 stem and the 1x1 convolutions (shortcut projections included) do not.
-    """
-    found = []
-
-    def walk(tree: dict, path: tuple[str, ...]) -> None:
-        for key, sub in tree.items():
-            m = _BN.match(key)
-            conv = tree.get(f"conv{m.group(1)}") if m else None
-            if conv is not None and tuple(conv["kernel"].shape[:2]) == (3, 3):
-                found.append((*path, key))
-            elif isinstance(sub, dict) and not m:
-                walk(sub, (*path, key))
-
-    walk(dict(params), ())
-    return sorted(found, key=layer_order)
-
-
-def layer_order(path: tuple[str, ...]) -> tuple[int, int, int]:
-    """(stage, block, k) for ("stage2_block1", "bn2"); the stem sorts first."""
-    m = _BLOCK.match(path[0]) if len(path) > 1 else None
-    stage, block = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-    return stage, block, int(_BN.match(path[-1]).group(1))
-
-
-def layer_name(path: tuple[str, ...]) -> str:
-    return "/".join(path)
-
-
-def layer_responses(model: Any, variables: dict, images: jax.Array, layers: list[tuple[str, ...]]) -> dict:
-    """{layer name: BN output [B, H, W, C]} of an eval-mode forward pass, via capture_intermediates."""
-    wanted = set(layers)
-
-    def is_wanted(mdl: Any, method: str) -> bool:
-        return method == "__call__" and tuple(mdl.path) in wanted
-
-    _, state = model.apply(
-        variables, images, train=False, capture_intermediates=is_wanted, mutable=["intermediates"]
-    )
-    out = {}
-    for path in layers:
-        node = state["intermediates"]
-        for key in path:
-            node = node[key]
-        out[layer_name(path)] = node["__call__"][0]
-    return out
-
-
-def masked_moments(y: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per-channel (count, mean, sum of squared deviations) over the examples in `mask` and all positions."""
-    y = y.astype(jnp.float32)
-    w = mask.astype(jnp.float32).reshape((-1,) + (1,) * (y.ndim - 1))
-    n = w.sum() * np.prod(y.shape[1:-1])
-    axes = tuple(range(y.ndim - 1))
-    mean = (y * w).sum(axes) / jnp.maximum(n, 1.0)
-    m2 = (jnp.square(y - mean) * w).sum(axes)
-    return n, mean, m2
-
-
-def combine(a: tuple | None, b: tuple) -> tuple:
-    """Chan et al.'s parallel update of (count, mean, M2), in float64 on the host."""
-    nb, mb, m2b = (np.asarray(x, np.float64) for x in b)
-    if a is None:
-        return nb, mb, m2b
-    na, ma, m2a = a
-    n = na + nb
-    if n == 0:
-        return a
-    delta = mb - ma
-    return n, ma + delta * nb / n, m2a + m2b + delta**2 * na * nb / n
-
-
-def layer_stds(n: float, mean: np.ndarray, m2: np.ndarray) -> tuple[float, float]:
-    """(mean over channels of the per-channel std, std over all elements) from per-channel moments."""
-    var = m2 / n
-    return float(np.sqrt(var).mean()), float(np.sqrt(var.mean() + mean.var()))
 
 
 def limited(batches: Iterator[dict], max_examples: int) -> Iterator[dict]:
@@ -229,10 +135,10 @@ def eval_subset(inputs: Any, max_examples: int) -> Iterator[dict]:
     device-resident data (an image folder's test split is sorted by class, so its first N examples
     would be one or two classes), the first N of streamed data."""
     m = inputs.num_eval
-    if not max_examples or max_examples >= m or not inputs.resident:
-        yield from limited(inputs.eval_batches(), max_examples)
+    if not max_examples or max_examples >= m or not inputs.device_held:
+        yield from limited(inputs.host_eval(), max_examples)
         return
-    size = len(next(iter(inputs.eval_batches()))["index"])  # the evaluation's batch shape
+    size = len(next(iter(inputs.host_eval()))["index"])  # the evaluation's batch shape
     chosen = np.arange(max_examples) * m // max_examples
     for lo in range(0, max_examples, size):
         idx = chosen[lo : lo + size]
@@ -242,30 +148,27 @@ def eval_subset(inputs: Any, max_examples: int) -> Iterator[dict]:
 
 def responses(net: Net, max_examples: int = 0) -> list[dict]:
     """Rows {layer_index, layer, std, std_all, examples} for every 3x3 layer, over the eval set."""
-    from resnet_jax import train
-
-    run, model = net.run, net.model
+    model = net.model
     layers = response_layers(net.variables["params"])
 
     @jax.jit
-    def moments(variables: dict, batch: dict, arrays: dict) -> dict:
-        images, _, mask = run.inputs.eval_images(batch, arrays)
+    def moments(variables: dict, batch: dict) -> dict:
+        images, _, mask = net.inputs.eval_images(batch)
         if images.ndim == 5:  # ten-crop evaluation: every crop of an example counts
             crops = images.shape[1]
             images, mask = images.reshape((-1, *images.shape[2:])), jnp.repeat(mask, crops)
-        ys = layer_responses(model, variables, images.astype(jnp.float32), layers)
-        return {name: masked_moments(y, mask) for name, y in ys.items()}
+        ys = probes.layer_responses(model, variables, images.astype(jnp.float32), layers)
+        return {name: probes.masked_moments(y, mask) for name, y in ys.items()}
 
     totals: dict[str, tuple] = {}
     examples = 0
-    for batch in eval_subset(run.inputs, max_examples):
+    for batch in eval_subset(net.inputs, max_examples):
         examples += int(batch["mask"].sum())
-        device_batch = train.to_global(batch, run.mesh, run.inputs.resident)
-        host = jax.device_get(moments(net.variables, device_batch, run.inputs.arrays))
-        totals = {name: combine(totals.get(name), m) for name, m in host.items()}
+        host = jax.device_get(moments(net.variables, net.inputs.device_batch(batch)))
+        totals = {name: probes.combine(totals.get(name), m) for name, m in host.items()}
     rows = []
     for i, path in enumerate(layers, start=1):
-        std, std_all = layer_stds(*totals[layer_name(path)])
+        std, std_all = probes.layer_stds(*totals[layer_name(path)])
         rows.append(dict(layer_index=i, layer=layer_name(path), std=std, std_all=std_all, examples=examples))
     return rows
 
@@ -274,63 +177,24 @@ def responses(net: Net, max_examples: int = 0) -> list[dict]:
 # Gradients (the vanishing-gradient argument).
 
 
-def block_of(path: tuple[str, ...]) -> str:
-    """The row a parameter belongs to: its block ("stage1_block0"), "fc", or "stem" (conv1, bn1)."""
-    return path[0] if _BLOCK.match(path[0]) or path[0] == "fc" else "stem"
-
-
-def block_order(name: str) -> tuple[int, int]:
-    if name == "stem":
-        return 0, 0
-    if name == "fc":
-        return 10**6, 0
-    m = _BLOCK.match(name)
-    return int(m.group(1)), int(m.group(2))
-
-
-def block_grad_norms(model: Any, variables: dict, images: jax.Array, labels: jax.Array) -> dict:
-    """{block: L2 norm of d(mean training loss)/d(its parameters)}, train-mode BN as in training."""
-    from resnet_jax import train
-
-    def loss_fn(params: dict) -> jax.Array:
-        logits, _ = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
-            images,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        return train.cross_entropy(logits, labels).mean()
-
-    grads = jax.grad(loss_fn)(variables["params"])
-    squares: dict[str, jax.Array] = {}
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        keys = tuple(str(getattr(k, "key", k)) for k in path)
-        name = block_of(keys)
-        squares[name] = squares.get(name, 0.0) + jnp.sum(jnp.square(g.astype(jnp.float32)))
-    return {name: jnp.sqrt(s) for name, s in squares.items()}
-
-
 def gradients(net: Net, num_batches: int = 4) -> list[dict]:
     """Rows {block_index, block, grad_norm, batches}: per-block gradient norms, mean over training batches.
 
-    The batches are the run's first training steps, one at a time (not `run.batches`, which stacks
-    `steps_per_call` of them).
+    The batches are the run's first training steps, one at a time (never stacked as steps_per_call stacks
+    them).
     """
-    from resnet_jax import train
-
-    run, model = net.run, net.model
+    model = net.model
 
     @jax.jit
-    def norms(variables: dict, batch: dict, arrays: dict, rng: jax.Array) -> dict:
-        images, labels = run.inputs.train_images(rng, batch, arrays)
-        return block_grad_norms(model, variables, images.astype(jnp.float32), labels)
+    def norms(variables: dict, batch: dict, rng: jax.Array) -> dict:
+        images, labels = net.inputs.train_images(rng, batch)
+        return probes.block_grad_norms(model, variables, images.astype(jnp.float32), labels)
 
     key = jax.random.wrap_key_data(net.rng)
     totals: dict[str, float] = {}
-    for i, batch in zip(range(num_batches), run.inputs.train_batches(0), strict=False):
-        device_batch = train.to_global(batch, run.mesh, run.inputs.resident)
+    for i, batch in zip(range(num_batches), net.inputs.train_batches(0), strict=False):
         rng = jax.random.fold_in(key, i)
-        host = jax.device_get(norms(net.variables, device_batch, run.inputs.arrays, rng))
+        host = jax.device_get(norms(net.variables, batch, rng))
         totals = {name: totals.get(name, 0.0) + float(v) for name, v in host.items()}
     names = sorted(totals, key=block_order)
     return [
@@ -441,7 +305,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def nets_from_args(args: argparse.Namespace) -> list[Net]:
     """Every --workdir (restored) and --config (initialised) net, labelled."""
-    from resnet_jax import experiments, sweep
+    from resnet_jax import config, experiments, sweep
 
     specs: list[tuple[Any, str | None]] = []
     for workdir in [w for w in args.workdir.split(",") if w]:
@@ -452,7 +316,7 @@ def nets_from_args(args: argparse.Namespace) -> list[Net]:
         try:
             cfg = experiments.load_config(spec)
             for key, value in sweep.parse_overrides(args.override).items():
-                set_dotted(cfg, key, value)
+                config.override(cfg, key, value)
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise AnalysisError(f"cannot load config {spec}: {e}") from None
         specs.append((cfg, None))
@@ -477,21 +341,6 @@ def nets_from_args(args: argparse.Namespace) -> list[Net]:
         if seen[net.label] > 1:
             net.label += f" ({seen[net.label]})"
     return nets
-
-
-def set_dotted(cfg: Any, key: str, value: str) -> None:
-    """cfg["model"]["depth"] = value for "model.depth", the value parsed as the existing key's type."""
-    *parents, leaf = key.split(".")
-    node = cfg
-    for p in parents:
-        node = node[p]
-    old = node[leaf]
-    if isinstance(old, bool):
-        node[leaf] = value.lower() in ("1", "true", "yes")
-    elif isinstance(old, (int, float)):
-        node[leaf] = type(old)(value)
-    else:
-        node[leaf] = value
 
 
 def output_dir(args: argparse.Namespace) -> epath.Path:
@@ -536,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; bad input is one sentence on stderr and exit status 2."""
     from absl import logging
 
-    from resnet_jax import data, models, train
+    from resnet_jax import config
 
     logging.set_verbosity(logging.ERROR)  # orbax warns about read-only managers
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -548,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(argv)
         nets = nets_from_args(args)
         paths = (run_responses if args.command == "responses" else run_gradients)(args, nets)
-    except (AnalysisError, train.ConfigError, models.ModelError, data.DataError, train.TrainingError) as e:
+    except (AnalysisError, config.ConfigError, config.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT
     print("wrote " + ", ".join(map(str, paths)))

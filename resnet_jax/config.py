@@ -1,13 +1,52 @@
-"""The configuration schema shared by every experiment file in `configs/`.
+"""The configuration: the declared schema of every key, the model options as one record, and every rule.
 
-Every key the trainer reads is declared here with its default, so that a typo in a
-`--config.key=value` override is an error instead of a silently ignored setting.
-Experiment files start from `base_config()` and change what their recipe needs.
+Rules are grouped by when they can be checked: `check` before anything is built, `check_run_length` once
+the run's length is known, `check_resume` against the checkpoint's config. The bottom layer: it imports
+nothing of the project and no jax at import time.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import difflib
+import json
+import math
+import os
+from typing import Any
+
 import ml_collections
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message is one sentence saying what to do."""
+
+
+class ModelError(ConfigError):
+    """An invalid model specification; the message is one sentence saying what is valid."""
+
+
+class DataError(ConfigError):
+    """A data mistake (unknown name, missing or malformed dataset), stated in one sentence."""
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite loss, unusable checkpoints, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema.
+
+FAMILIES = ("cifar", "imagenet")
+SHORTCUTS = ("A", "B", "C", "none")  # "none": the plain net
+STRIDE_ON = ("1x1", "3x3")  # bottleneck downsampling: paper (v1) | torchvision (v1.5)
+INITS = ("fan_in", "fan_out")
+DTYPES = ("float32", "bfloat16", "float16")
+BN_MODES = ("global", "per_device", "ghost")
+CIFAR_DEPTHS_NAMED = (20, 32, 44, 56, 110, 1202)
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152)  # Table 1 (models/nets.py holds their stages)
+DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+DEVICE_HELD_NAMES = ("cifar10", "cifar100", "image_folder", "synthetic")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -22,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 4_000
     c.checkpoint_every_steps = 4_000
     c.keep_checkpoints = 3  # most recent ones kept, plus the best by eval error
-    c.steps_per_call = 1  # training steps fused into one jitted call (device-resident data only)
+    c.steps_per_call = 1  # training steps fused into one jitted call (device-held data only)
     c.profile_steps = ""  # e.g. "100:110": a jax.profiler trace of those steps into the workdir
     c.nan_policy = "stop"  # "stop" | "skip": what a non-finite loss does
     c.allow_config_change = False  # resume a run whose model/data/seed/batch/optimizer/schedule differ
@@ -62,7 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.momentum = 0.9
     c.optimizer.nesterov = False
-    c.optimizer.weight_decay = 1e-4  # L2, added to the gradient (Caffe / PyTorch SGD)
+    c.optimizer.weight_decay = 1e-4  # L2, added to the gradient (torch.optim.SGD)
     c.optimizer.decay_bn_and_bias = True  # False excludes BN scales/biases and the FC bias
 
     c.schedule = ml_collections.ConfigDict()
@@ -77,3 +116,353 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.warmup_epochs = 0.0
     c.schedule.warmup_lr = 0.01  # the constant warm-up's learning rate; where the linear one starts
     return c
+
+
+def data_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """The `data` section with its declared defaults and `overrides` (for using data/ on its own)."""
+    section = base_config().data
+    for key, value in overrides.items():
+        override(section, key, value)
+    return section
+
+
+def override(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    """Set the dotted `key` ("model.depth") of `cfg`; a string value is read as the key's declared type
+    ("56" -> 56, "true" -> True, "(30,60)" -> (30, 60)). An unknown key is a ConfigError naming it."""
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            close = difflib.get_close_matches(part, keys, n=1)
+            hint = f" (did you mean {'.'.join([*parts[:i], close[0]])!r}?)" if close else ""
+            raise ConfigError(f"{key!r} is not a config key{hint}; the keys are in resnet_jax/config.py")
+        if i < len(parts) - 1:
+            node = node[part]
+    leaf = parts[-1]
+    node[leaf] = parse_value(node[leaf], value, key) if isinstance(value, str) else value
+
+
+def parse_value(old: Any, text: str, key: str = "") -> Any:
+    """`text` read as the type of `old`, the value it replaces."""
+    try:
+        if isinstance(old, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(old, int | float):
+            return type(old)(ast.literal_eval(text))
+        if isinstance(old, tuple | list):
+            value = ast.literal_eval(text)
+            return tuple(value) if isinstance(value, tuple | list) else (value,)
+    except (ValueError, SyntaxError, TypeError):
+        raise ConfigError(
+            f"config key {key!r} wants a {type(old).__name__} like {old!r}; got {text!r}"
+        ) from None
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# The model options: the `model` section as one frozen record, passed whole to the nets and blocks.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """Every option of the net, named as the config's `model` keys; checked when it is made.
+
+    Two values are resolved from the run: `dtype` is never "auto", and `bn_group_size` is the examples per
+    BN group of every mode (0: the whole global batch; per_device: one device's shard).
+    """
+
+    family: str = "cifar"
+    depth: int = 20
+    shortcut: str = "A"
+    stride_on: str = "1x1"
+    dtype: str = "float32"
+    scan_blocks: bool = False
+    scan_unroll: int = 1
+    remat: bool = False
+    stem_channels: int = 0
+    bn: str = "global"
+    bn_group_size: int = 0
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    zero_init_residual: bool = False
+    init: str = "fan_in"
+
+    def __post_init__(self) -> None:
+        check_model(self)
+
+
+def check_model(m: Any) -> None:
+    """The model zoo's rules on a ModelOptions or a config's `model` section (ModelError, one sentence)."""
+    if m.family not in FAMILIES:
+        raise ModelError(f"model family must be one of {', '.join(FAMILIES)}; got {m.family!r}")
+    if m.family == "cifar" and (not isinstance(m.depth, int) or m.depth < 8 or (m.depth - 2) % 6):
+        named = ", ".join(map(str, CIFAR_DEPTHS_NAMED))
+        raise ModelError(f"CIFAR depth must be 6n+2 ({named}, ...); got {m.depth}")
+    if m.family == "imagenet" and m.depth not in IMAGENET_DEPTHS:
+        raise ModelError(
+            f"ImageNet depth must be one of {', '.join(map(str, IMAGENET_DEPTHS))}; got {m.depth}"
+        )
+    if m.shortcut not in SHORTCUTS:
+        raise ModelError(f"shortcut must be one of {', '.join(SHORTCUTS)}; got {m.shortcut!r}")
+    if m.stride_on not in STRIDE_ON:
+        raise ModelError(f"stride_on must be '1x1' (paper, v1) or '3x3' (v1.5); got {m.stride_on!r}")
+    if m.init not in INITS:
+        raise ModelError(f"init must be 'fan_in' (paper) or 'fan_out' (torchvision); got {m.init!r}")
+    if m.dtype not in DTYPES and m.dtype != "auto":
+        # a config's model.dtype may also be "auto"; a ModelOptions' is resolved
+        allowed = (
+            "dtype must be one of" if isinstance(m, ModelOptions) else "model.dtype must be 'auto' or one of"
+        )
+        raise ModelError(f"{allowed} {', '.join(DTYPES)}; got {m.dtype!r}")
+    if m.bn not in BN_MODES:
+        raise ModelError(f"model.bn must be 'global', 'per_device' or 'ghost'; got {m.bn!r}")
+    if m.stem_channels and m.stem_channels < 4:
+        raise ModelError(
+            f"model.stem_channels must be 0 (off) or at least 4, e.g. 4 or 8; got {m.stem_channels}"
+        )
+
+
+def compute_dtype(name: str) -> str:
+    """'auto' is bfloat16 on GPU/TPU and float32 on CPU."""
+    if name != "auto":
+        return name
+    import jax
+
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def bn_group_size(cfg: ml_collections.ConfigDict, num_devices: int) -> int:
+    """Examples per BN group: 0 (the whole global batch), one device's shard, or model.bn_group_size."""
+    return {"global": 0, "per_device": cfg.batch_size // num_devices}.get(
+        cfg.model.bn, cfg.model.bn_group_size
+    )
+
+
+def model_options(cfg: ml_collections.ConfigDict, num_devices: int) -> ModelOptions:
+    """The run's ModelOptions: the `model` section with its dtype and BN group size resolved."""
+    fields = {f.name: cfg.model[f.name] for f in dataclasses.fields(ModelOptions)}
+    fields.update(dtype=compute_dtype(cfg.model.dtype), bn_group_size=bn_group_size(cfg, num_devices))
+    return ModelOptions(**fields)
+
+
+def is_device_held(cfg_data: ml_collections.ConfigDict) -> bool:
+    """True when the dataset is held whole on the devices (CIFAR, image folders, synthetic), False when
+    it is streamed from TFDS through tf.data."""
+    return bool(cfg_data.path) or cfg_data.name in DEVICE_HELD_NAMES
+
+
+# ---------------------------------------------------------------------------------------------
+# Before anything is built.
+
+
+CHOICES = {
+    "nan_policy": ("stop", "skip"),
+    "schedule.name": ("piecewise", "cosine"),
+    "schedule.warmup": ("none", "constant", "linear"),
+}
+DATA_CHOICES = {
+    "mean": ("pixel", "channel"),
+    "augment": ("paper", "inception"),
+    "eval_crop": ("center", "ten"),
+}
+
+
+def check_data(d: ml_collections.ConfigDict) -> None:
+    """The `data` section's own rules (DataError); whether the dataset is there is data.validate's."""
+    if not d.name or not isinstance(d.name, str):
+        raise DataError(f"data.name must name a dataset, not {d.name!r}.")
+    for key, allowed in DATA_CHOICES.items():
+        if d[key] not in allowed:
+            raise DataError(f"data.{key} must be one of {', '.join(allowed)}, not {d[key]!r}.")
+    if d.val_split < 0:
+        raise DataError(f"data.val_split must be >= 0, not {d.val_split}.")
+    if d.path and d.name not in ("cifar10", "cifar100", "image_folder"):
+        raise DataError(f"data.path is read only for cifar10, cifar100 or image_folder, not for {d.name!r}.")
+    if d.name == "image_folder" and not d.path:
+        raise DataError("data.name 'image_folder' needs data.path, a directory or .tar/.tar.gz archive.")
+
+
+def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raise ConfigError (one sentence) for settings that cannot run; the dataset's own checks are data's."""
+    m = cfg.model
+    check_model(m)
+    check_data(cfg.data)
+    if m.zero_init_residual and m.shortcut == "none":
+        raise ConfigError(
+            "model.zero_init_residual=True would zero every block's output of a plain net (shortcut 'none'), "
+            "so nothing before the FC could train: set it to False"
+        )
+    if cfg.batch_size <= 0 or cfg.batch_size % num_devices:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} must be a positive multiple of the {num_devices} devices; "
+            f"use e.g. {max(num_devices, cfg.batch_size // num_devices * num_devices)}"
+        )
+    group, per_device = bn_group_size(cfg, num_devices), cfg.batch_size // num_devices
+    if m.bn == "ghost" and group <= 0:
+        raise ConfigError(
+            "model.bn='ghost' needs model.bn_group_size, the examples per BN group (e.g. 32), dividing "
+            f"the per-device batch of {per_device}"
+        )
+    if m.bn == "ghost" and per_device % group:
+        raise ConfigError(f"model.bn_group_size {group} must divide the per-device batch of {per_device}")
+    if cfg.num_train_steps <= 0 and cfg.num_epochs <= 0:
+        raise ConfigError("set num_train_steps or num_epochs to a positive number")
+    for key, allowed in CHOICES.items():
+        section, _, leaf = key.rpartition(".")
+        value = (cfg[section] if section else cfg)[leaf]
+        if value not in allowed:
+            raise ConfigError(f"{key} must be {' or '.join(map(repr, allowed))}; got {value!r}")
+    if cfg.steps_per_call < 1:
+        raise ConfigError(f"steps_per_call must be >= 1; got {cfg.steps_per_call}")
+    if cfg.steps_per_call > 1 and not is_device_held(cfg.data):
+        raise ConfigError("steps_per_call > 1 needs device-held data (CIFAR, image folders or synthetic)")
+    sch = cfg.schedule
+    if sch.warmup != "none" and sch.warmup_steps <= 0 and sch.warmup_epochs <= 0:
+        raise ConfigError(
+            f"schedule.warmup={sch.warmup!r} needs its length: set schedule.warmup_steps or "
+            "schedule.warmup_epochs (the paper's ResNet-110: 400 steps)"
+        )
+    if sch.warmup != "none" and sch.warmup_steps > 0 and sch.warmup_epochs > 0:
+        raise ConfigError(
+            f"schedule.warmup_steps ({sch.warmup_steps}) and schedule.warmup_epochs ({sch.warmup_epochs}) "
+            "are both set: keep one (the other at 0)"
+        )
+    if m.dtype not in ("auto", *DTYPES):
+        raise ConfigError(f"model.dtype must be 'auto' or one of {', '.join(DTYPES)}; got {m.dtype!r}")
+    parse_profile_steps(cfg.profile_steps)
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+    """'first:end' -> (first, end); '' -> None."""
+    if not spec:
+        return None
+    try:
+        a, b = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ConfigError(f"profile_steps must look like '100:110'; got {spec!r}") from None
+    if not 0 <= a < b:
+        raise ConfigError(
+            f"profile_steps must be 'first:end' with 0 <= first < end, e.g. '100:110'; got {spec!r}"
+        )
+    return a, b
+
+
+# ---------------------------------------------------------------------------------------------
+# Once the run's length is known (from the training split's size).
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    """Full batches per epoch: each epoch drops the last num_train % batch_size examples of its order."""
+    if batch_size <= 0 or batch_size > num_train:
+        raise ConfigError(
+            f"batch size {batch_size} must be in [1, {num_train}] for {num_train} training examples"
+        )
+    return num_train // batch_size
+
+
+def run_length(cfg: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
+    """(steps_per_epoch, total_steps): num_train_steps when > 0, else num_epochs of the training split."""
+    per_epoch = steps_per_epoch(num_train, cfg.batch_size)
+    if cfg.num_train_steps > 0:
+        return per_epoch, int(cfg.num_train_steps)
+    return per_epoch, int(math.ceil(cfg.num_epochs * per_epoch))
+
+
+INTERVALS = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
+
+
+def check_run_length(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
+    """Intervals longer than the run are mistakes (nothing would be logged or saved on time)."""
+    # All of them in one sentence: a short try-out run (num_train_steps=40) usually has all three.
+    bad = [f"{key} is {cfg[key]}" for key in INTERVALS if cfg[key] <= 0 or cfg[key] > total_steps]
+    if bad:
+        listed = ", ".join(bad[:-1]) + " and " + bad[-1] if len(bad) > 1 else bad[0]
+        raise ConfigError(f"{listed} but the run has {total_steps} steps; use 1..{total_steps}")
+    k = cfg.steps_per_call
+    if k > 1:
+        # Each call runs steps_per_call steps: a run whose length is no multiple of it would overshoot.
+        if total_steps % k:
+            raise ConfigError(
+                f"the run's {total_steps} steps must be a multiple of steps_per_call ({k}); "
+                "change num_train_steps (or num_epochs) or steps_per_call"
+            )
+        for key in INTERVALS:
+            if cfg[key] % k:
+                raise ConfigError(f"{key} ({cfg[key]}) must be a multiple of steps_per_call ({k})")
+
+
+# ---------------------------------------------------------------------------------------------
+# On resume: against the config and the clock the checkpointed run wrote.
+
+
+MODEL_KEYS = ("family", "depth", "shortcut", "stride_on", "bn", "bn_group_size", "init", "zero_init_residual")
+DATA_KEYS = ("name", "path", "val_split", "mean", "num_classes", "image_size")
+# Keys whose change on resume would silently change the run (batch order, step size); None: every key of
+# the section. The run's length and the log, eval and checkpoint intervals may change.
+RESUME_KEYS = {
+    "": ("seed", "batch_size"),
+    "model": MODEL_KEYS,
+    "data": DATA_KEYS,
+    "optimizer": None,
+    "schedule": None,
+}
+
+
+def same_file(a: str, b: str) -> bool:
+    """One local file or directory spelled two ways (relative / absolute, a symlink)."""
+    if not a or not b or "://" in a or "://" in b:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (here)
+        return False
+
+
+def check_resume_config(cfg: ml_collections.ConfigDict, old: dict, workdir: str) -> None:
+    """Refuse to resume a run whose model, data, batch, seed or optimizer config differs from `old` (the
+    run's config.json), unless allow_config_change."""
+    if cfg.allow_config_change:
+        return
+    new = json.loads(cfg.to_json())
+    old_data, new_data = old.get("data", {}), new.setdefault("data", {})
+    if same_file(old_data.get("path") or "", new_data.get("path") or ""):
+        new_data["path"] = old_data["path"]  # another spelling of the same data is no change
+    differ = []
+    for section, keys in RESUME_KEYS.items():
+        was, now = (old, new) if not section else (old.get(section, {}), new.get(section, {}))
+        for key in keys or sorted(set(was) | set(now)):
+            if was.get(key) != now.get(key):
+                differ.append(f"{section}.{key}" if section else key)
+    if differ:
+        raise ConfigError(
+            f"{workdir} holds a run with a different config ({', '.join(differ)}); use another --workdir "
+            "or pass --config.allow_config_change=True"
+        )
+
+
+def check_resume(
+    cfg: ml_collections.ConfigDict, start_step: int, saved: dict, num_devices: int, workdir: str
+):
+    """The checkpoint's step and BN groups against this start (`saved`: the checkpoint's clock)."""
+    k = cfg.steps_per_call
+    # Calls of k steps from a checkpoint off their grid would overshoot the run's end and never meet a
+    # log, eval or checkpoint step (a checkpoint saved with another steps_per_call).
+    if start_step % k:
+        raise ConfigError(
+            f"the checkpoint in {workdir} is at step {start_step}, not a multiple of steps_per_call "
+            f"({k}); resume with --config.steps_per_call=1 (or a divisor of {start_step})"
+        )
+    # per_device BN resumed on another device count would silently normalise over other groups.
+    was, now = saved.get("bn_group_size"), bn_group_size(cfg, num_devices)
+    if was is None or was == now or cfg.allow_config_change:  # None: a checkpoint from before this check
+        return
+    devices = f"on {cfg.batch_size // was} devices" if was else "with the same model.bn"
+    raise ConfigError(
+        f"the checkpoint in {workdir} normalised BN over groups of {was} examples, but model.bn "
+        f"{cfg.model.bn!r} on {num_devices} device(s) would use groups of {now}: resume {devices}, or pass "
+        f"--config.allow_config_change=True (with --config.model.bn=ghost --config.model.bn_group_size={was} "
+        "to keep the groups)"
+    )

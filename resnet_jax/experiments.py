@@ -25,14 +25,13 @@ from types import ModuleType
 
 import ml_collections
 
+from resnet_jax import config
 from resnet_jax.config import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]  # the repository: configs/ lies here
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
-IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
-SHORTCUTS = ("A", "B", "C")
+SHORTCUT_OPTIONS = tuple(s for s in config.SHORTCUTS if s != "none")  # the tokens A, B, C (section 3.3)
 SCAN_FROM_DEPTH = 110  # nn.scan the blocks of deeper nets: faster to compile, and faster on GPU
-CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
 def tokens(arg: str | None) -> list[str]:
@@ -42,7 +41,7 @@ def tokens(arg: str | None) -> list[str]:
 
 def pop_shortcut(toks: list[str]) -> str | None:
     """Remove and return the shortcut token (A, B or C), or None when there is none."""
-    found = [t for t in toks if t in SHORTCUTS]
+    found = [t for t in toks if t in SHORTCUT_OPTIONS]
     if len(found) > 1:
         raise ValueError(f"more than one shortcut option in {toks}")
     for t in found:
@@ -121,7 +120,7 @@ def cifar_config(arg: str | None, dataset: str = "cifar10") -> ml_collections.Co
     c.model.shortcut = "none" if plain else shortcut or "A"
     c.model.scan_blocks = depth >= SCAN_FROM_DEPTH
     c.data.name = dataset
-    c.data.num_classes = CIFAR_CLASSES[dataset]
+    c.data.num_classes = config.DATASET_CLASSES[dataset]
     c.data.mean = "pixel"
     c.data.val_split = 5_000 if holdout else 0
     c.batch_size = 128
@@ -197,12 +196,6 @@ def large_batch(c: ml_collections.ConfigDict, batch: int) -> None:
     c.model.zero_init_residual = c.model.shortcut != "none"
 
 
-def steps_per_epoch(batch: int) -> int:
-    """ImageNet training steps per epoch at this global batch: full batches only, as the trainer counts
-    them (`optim.steps_for`; the input pipeline drops each epoch's remainder)."""
-    return IMAGENET_TRAIN_EXAMPLES // batch
-
-
 def imagenet_config(
     depth: int, plain: bool, arg: str | None, shortcut: str = "B"
 ) -> ml_collections.ConfigDict:
@@ -236,8 +229,11 @@ def imagenet_config(
     c.schedule.boundaries_epochs = (30, 60, 90)  # fixed stand-in for "divided by 10 when error plateaus"
     if batch is not None:
         large_batch(c, batch)
-    c.eval_every_steps = 2 * steps_per_epoch(c.batch_size)
-    c.checkpoint_every_steps = steps_per_epoch(c.batch_size)
+    epoch = config.steps_per_epoch(
+        IMAGENET_TRAIN_EXAMPLES, c.batch_size
+    )  # the trainer's epochs: full batches
+    c.eval_every_steps = 2 * epoch
+    c.checkpoint_every_steps = epoch
     if is_smoke:
         smoke(c)
     return c

@@ -32,11 +32,11 @@ USAGE_EXIT = 2
 def eval_set_name(cfg_data) -> str:
     """What the evaluation error is measured on: the held-out part of the training split (data.val_split),
     the test split of device-resident data (CIFAR, image folders), or a TFDS validation split (ImageNet)."""
-    from resnet_jax import data
+    from resnet_jax import config
 
     if cfg_data.val_split > 0:
         return "held-out validation"
-    return "test" if data.is_in_memory(cfg_data) else "validation"
+    return "test" if config.is_device_held(cfg_data) else "validation"
 
 
 def multi_process_environment() -> bool:
@@ -120,17 +120,16 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax and jax log every checkpoint at INFO
     initialize_distributed()
 
-    from resnet_jax import data, models, train
+    from resnet_jax import config, train
 
-    user_errors = (train.ConfigError, models.ModelError, data.DataError)
     try:
         summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except user_errors as e:
+    except config.ConfigError as e:  # also ModelError and DataError
         if FLAGS.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(USAGE_EXIT)
-    except train.TrainingError as e:
+    except config.TrainingError as e:
         if FLAGS.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)

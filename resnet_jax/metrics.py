@@ -1,4 +1,5 @@
-"""What a researcher watches: metrics.jsonl, TensorBoard events, a console progress line."""
+"""What a researcher watches: metrics.jsonl, TensorBoard events, a console progress line, and the clock
+(throughput, ETA, device-hours) kept across resumes. Writes only; the steps and checkpoints are not here."""
 
 from __future__ import annotations
 
@@ -12,21 +13,7 @@ import time
 import jax
 from etils import epath
 
-
-def is_remote(path) -> bool:
-    """A URL workdir (gs://, s3://, ...): written through etils.epath, without appends."""
-    return "://" in str(path)
-
-
-def write_whole(path: epath.Path, text: str) -> None:
-    """Write `text` so that a reader (or a kill mid-write) never sees a cut file: locally to
-    `<path>.tmp`, then renamed over `path`; an object store's write is whole already."""
-    if is_remote(path):
-        path.write_text(text)
-        return
-    tmp = epath.Path(f"{path}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from resnet_jax.workdir import is_remote, write_whole
 
 
 class MetricWriter:

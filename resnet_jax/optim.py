@@ -1,8 +1,9 @@
-"""SGD with momentum, L2 weight decay and the paper's learning-rate schedules (optax)."""
+"""SGD with momentum, L2 weight decay and the paper's learning-rate schedules (optax).
+
+The optimizer of a config, as an optax transformation; it never sees data, the model or a checkpoint.
+"""
 
 from __future__ import annotations
-
-import math
 
 import jax
 import ml_collections
@@ -61,11 +62,3 @@ def create(cfg: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int
         optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov),
     )
     return tx, schedule
-
-
-def steps_for(cfg: ml_collections.ConfigDict, num_train: int) -> tuple[int, int]:
-    """(steps_per_epoch, total_steps) from num_train_steps, or num_epochs of the training split."""
-    steps_per_epoch = max(num_train // cfg.batch_size, 1)
-    if cfg.num_train_steps > 0:
-        return steps_per_epoch, int(cfg.num_train_steps)
-    return steps_per_epoch, int(math.ceil(cfg.num_epochs * steps_per_epoch))

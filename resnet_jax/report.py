@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import re
 import statistics
 import sys
@@ -27,6 +26,7 @@ from typing import Any, NamedTuple
 from etils import epath
 
 from resnet_jax import paper
+from resnet_jax import workdir as files
 
 SEED_SUFFIX = re.compile(r"-seed(\d+)$")
 
@@ -41,40 +41,16 @@ class RunResult(NamedTuple):
     metrics: list[dict]
 
 
-def read_jsonl(path: epath.Path) -> list[dict]:
-    """The JSON objects of a .jsonl file, skipping a torn last line of a run still writing."""
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def read_json(path: epath.Path) -> dict:
-    """A JSON object, or {} when the file is missing."""
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
-
-
-def is_run(d: epath.Path) -> bool:
-    """Whether `d` is a run directory (the trainer wrote one of RUN_FILES there)."""
-    return any((d / f).exists() for f in RUN_FILES)
-
-
 def run_dirs(workdir: epath.PathLike) -> list[epath.Path]:
     """The run directories of a sweep workdir, or [workdir] when it is one run's workdir itself."""
     root = epath.Path(workdir)
-    if is_run(root):
+    if files.is_run(root):
         return [root]
     try:
         children = [p for p in root.iterdir() if p.is_dir()]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted((d for d in children if is_run(d)), key=lambda p: p.name)
+    return sorted((d for d in children if files.is_run(d)), key=lambda p: p.name)
 
 
 def read_runs(workdir: epath.PathLike) -> list[RunResult]:
@@ -83,15 +59,8 @@ def read_runs(workdir: epath.PathLike) -> list[RunResult]:
     for d in run_dirs(workdir):
         m = SEED_SUFFIX.search(d.name)
         point, seed = (d.name[: m.start()], int(m.group(1))) if m else (d.name, 0)
-        runs.append(
-            RunResult(
-                point,
-                seed,
-                read_json(d / "config.json"),
-                read_json(d / "summary.json"),
-                read_jsonl(d / "metrics.jsonl"),
-            )
-        )
+        config, summary = files.read_config(d) or {}, files.read_summary(d) or {}
+        runs.append(RunResult(point, seed, config, summary, files.read_metrics(d)))
     return runs
 
 

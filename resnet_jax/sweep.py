@@ -37,15 +37,16 @@ from typing import NamedTuple
 
 from etils import epath
 
-from resnet_jax import experiments
+from resnet_jax import config, experiments
+from resnet_jax import workdir as files
 
 ROOT = experiments.ROOT
 TRAINER = (sys.executable, "-m", "resnet_jax.main")
 MODES = ("local", "print", "slurm", "tpu")
 
 
-class Run(NamedTuple):
-    """One training run: a sweep point at one seed."""
+class Job(NamedTuple):
+    """One training run of the sweep: a point at one seed."""
 
     name: str
     config: str
@@ -63,20 +64,20 @@ def load_sweep(spec: str) -> list[dict]:
     return points
 
 
-def expand(points: list[dict], seeds: int | None = None, only: Sequence[str] = ()) -> list[Run]:
-    """One Run per point and seed; `seeds` overrides the points' own, `only` keeps the points named."""
+def expand(points: list[dict], seeds: int | None = None, only: Sequence[str] = ()) -> list[Job]:
+    """One Job per point and seed; `seeds` overrides the points' own, `only` keeps the points named."""
     unknown = set(only) - {p["name"] for p in points}
     if unknown:
         raise ValueError(f"--only names no point: {sorted(unknown)}")
     return [
-        Run(p["name"], p["config"], dict(p.get("overrides", {})), seed)
+        Job(p["name"], p["config"], dict(p.get("overrides", {})), seed)
         for p in points
         if not only or p["name"] in only
         for seed in range(seeds or p.get("seeds", 1))
     ]
 
 
-def check_runs(runs: Sequence[Run], extra: dict[str, str]) -> None:
+def check_runs(runs: Sequence[Job], extra: dict[str, str]) -> None:
     """Every run's config loads and every override names a config key: a bad point fails the sweep
     before any run starts, not when its turn comes hours later."""
     for run in runs:
@@ -84,17 +85,14 @@ def check_runs(runs: Sequence[Run], extra: dict[str, str]) -> None:
             cfg = experiments.load_config(run.config)
         except (ValueError, FileNotFoundError, KeyError) as e:
             raise ValueError(f"sweep point {run.name}: cannot load {run.config}: {e}") from None
-        for key in {**run.overrides, **extra}:
-            node = cfg
-            for part in key.split("."):
-                if not hasattr(node, "keys") or part not in node:
-                    raise ValueError(
-                        f"sweep point {run.name}: {key!r} is not a config key (resnet_jax/config.py)"
-                    )
-                node = node[part]
+        for key, value in {**run.overrides, **extra}.items():
+            try:
+                config.override(cfg, key, value if isinstance(value, str) else format_value(value))
+            except config.ConfigError as e:
+                raise ValueError(f"sweep point {run.name}: {e}") from None
 
 
-def run_name(run: Run) -> str:
+def run_name(run: Job) -> str:
     """The run's directory name inside the sweep workdir."""
     return f"{run.name}-seed{run.seed}"
 
@@ -106,7 +104,7 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def train_flags(run: Run, workdir: str, extra: dict[str, str]) -> list[str]:
+def train_flags(run: Job, workdir: str, extra: dict[str, str]) -> list[str]:
     """The trainer's flags for this run: config, workdir, seed, the point's then the sweep's overrides."""
     overrides = {"seed": run.seed, **run.overrides, **extra}
     return [f"--config={run.config}", f"--workdir={workdir}"] + [
@@ -114,7 +112,7 @@ def train_flags(run: Run, workdir: str, extra: dict[str, str]) -> list[str]:
     ]
 
 
-def run_dir(workdir: str, run: Run) -> str:
+def run_dir(workdir: str, run: Job) -> str:
     """<workdir>/<run name>; local paths are made absolute, URLs (gs://) kept as they are."""
     if "://" in workdir:
         return f"{workdir.rstrip('/')}/{run_name(run)}"
@@ -124,11 +122,8 @@ def run_dir(workdir: str, run: Run) -> str:
 def is_done(run_workdir: str) -> bool:
     """True when the trainer finished this run (summary.json with "done": true). An unreadable workdir
     (no network, no credentials for gs://) is an OSError of one sentence."""
-    summary = epath.Path(run_workdir) / "summary.json"  # local or an object store (gs://)
     try:
-        if not summary.exists():
-            return False
-        return bool(json.loads(summary.read_text()).get("done"))
+        return bool((files.read_summary(run_workdir) or {}).get("done"))  # local or an object store (gs://)
     except (json.JSONDecodeError, AttributeError):
         return False
     except Exception as e:  # noqa: BLE001 - TensorFlow's and etils' storage errors have no common base
@@ -181,7 +176,7 @@ def run_one(cmd: list[str], run_workdir: str, env: dict[str, str]) -> int:
 
 
 def run_local(
-    runs: list[Run],
+    runs: list[Job],
     workdir: str,
     extra: dict[str, str],
     trainer: Sequence[str] = TRAINER,
@@ -213,12 +208,12 @@ def run_local(
     return [run_name(r) for (r, _, _), rc in zip(todo, codes, strict=True) if rc]
 
 
-def tpu_name(run: Run) -> str:
+def tpu_name(run: Job) -> str:
     """A valid TPU VM name for the run (lower case letters, digits, hyphens)."""
     return re.sub(r"[^a-z0-9-]", "-", f"resnet-{run_name(run)}".lower())[:60]
 
 
-def launch_command(mode: str, run: Run, workdir: str, extra: dict[str, str]) -> list[str]:
+def launch_command(mode: str, run: Job, workdir: str, extra: dict[str, str]) -> list[str]:
     """The command of one run in print, slurm or tpu mode."""
     path = run_dir(workdir, run)
     flags = train_flags(run, path, extra)

@@ -78,10 +78,11 @@ def tiny_tfds(cifar_tar: pathlib.Path, tmp_path_factory: pytest.TempPathFactory)
     import numpy as np
     from helpers import TINY_TFDS_SIZES, TINY_TFDS_TRAIN, TINY_TFDS_VAL
 
-    from resnet_jax import data
-    from resnet_jax.data import folder_tfds
+    from resnet_jax import config
+    from resnet_jax.data import device_held, folder_tfds
 
-    cifar = data.load_in_memory({"name": "cifar10", "path": str(cifar_tar)}, seed=0)  # the user cache
+    cifar_data = config.data_config(name="cifar10", path=str(cifar_tar))
+    cifar = device_held.load(cifar_data, seed=0, batch_size=128)  # the user cache
     tmp = tmp_path_factory.mktemp("tiny_jpegs")
     names = cifar.class_names[:3]
     n, v = TINY_TFDS_TRAIN, TINY_TFDS_VAL

@@ -11,6 +11,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from resnet_jax import config
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 # The tiny TFDS dataset of real JPEGs (conftest.py's tiny_tfds): 3 classes, upscaled CIFAR images.
@@ -30,12 +32,13 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
     c = module.get_config()
     for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        config.override(c, key, value)
     return c
+
+
+def data_cfg(section: dict | None = None, **overrides):
+    """A whole `data` config section (the schema's defaults) with the keys of `section` and `overrides`."""
+    return config.data_config(**{**(section or {}), **overrides})
 
 
 def read_metrics(workdir) -> list[dict]:

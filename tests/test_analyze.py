@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, checkpoint_steps, damage_checkpoint, tiny_config
 
-from resnet_jax import analyze, models, report, train
+from resnet_jax import analyze, models, probes, report, train
 
 pytestmark = pytest.mark.needs_trainer
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
@@ -66,17 +66,17 @@ def test_max_examples_spans_a_class_sorted_evaluation_split():
             idx = np.arange(lo, lo + size)
             yield {"index": np.minimum(idx, 99).astype(np.int32), "mask": idx < 100}
 
-    inputs = types.SimpleNamespace(num_eval=100, resident=True, eval_batches=eval_batches)
+    inputs = types.SimpleNamespace(num_eval=100, device_held=True, host_eval=eval_batches)
     batches = list(analyze.eval_subset(inputs, 20))
     assert all(len(b["index"]) == 16 for b in batches)  # the evaluation's batch shape: no recompile
     used = np.concatenate([b["index"][b["mask"]] for b in batches])
     assert len(used) == 20 and len(set(used)) == 20
     assert sorted(np.bincount(labels[used], minlength=10)) == [2] * 10
 
-    inputs.resident = False
+    inputs.device_held = False
     used = np.concatenate([b["index"][b["mask"]] for b in analyze.eval_subset(inputs, 20)])
     assert used.tolist() == list(range(20))
-    inputs.resident = True
+    inputs.device_held = True
     assert sum(int(b["mask"].sum()) for b in analyze.eval_subset(inputs, 0)) == 100
 
 
@@ -94,16 +94,16 @@ def test_residual_response_is_the_bn_output_before_the_addition(runs):
     cfg = analyze.read_config(str(runs["resnet"]))
     net = analyze.load_net(cfg, "r", str(runs["resnet"]), step=2, at_init=False)
     assert net.step == 2
-    spaced = np.arange(24) * net.run.inputs.num_eval // 24  # the examples --max_examples=24 takes
+    spaced = np.arange(24) * net.inputs.num_eval // 24  # the examples --max_examples=24 takes
     batch = {"index": spaced.astype(np.int32), "mask": np.ones(24, bool)}
-    images, _, _ = net.run.inputs.eval_images(batch, net.run.inputs.arrays)
+    images, _, _ = net.inputs.eval_images({**batch, "held": net.inputs.held})
     p, s = net.variables["params"], net.variables["batch_stats"]
     x = jax.nn.relu(bn_eval(conv3x3(images, p["conv1"]["kernel"]), p["bn1"], s["bn1"]))  # the stem
     b, bs = p["stage1_block0"], s["stage1_block0"]
     r1 = bn_eval(conv3x3(x, b["conv1"]["kernel"]), b["bn1"], bs["bn1"])
     r2 = bn_eval(conv3x3(jax.nn.relu(r1), b["conv2"]["kernel"]), b["bn2"], bs["bn2"])
-    layers = analyze.response_layers(p)
-    got = jax.jit(lambda v, x: analyze.layer_responses(net.model, v, x, layers))(net.variables, images)
+    layers = probes.response_layers(p)
+    got = jax.jit(lambda v, x: probes.layer_responses(net.model, v, x, layers))(net.variables, images)
     np.testing.assert_allclose(got["stage1_block0/bn1"], r1, atol=1e-4)  # before the ReLU
     np.testing.assert_allclose(got["stage1_block0/bn2"], r2, atol=1e-4)  # before the addition
     assert float(r1.min()) < 0 and not np.allclose(r2, jax.nn.relu(r2 + x), atol=1e-2)
@@ -152,12 +152,12 @@ def test_gradients_of_a_run_trained_with_steps_per_call_are_those_of_single_step
 def test_scanned_runs_are_analysed_unstacked():
     cfg = tiny_config(**{"model.depth": 20, "model.scan_blocks": True})
     net = analyze.load_net(cfg, "r20", None, None, at_init=True)
-    layers = analyze.response_layers(net.variables["params"])
+    layers = probes.response_layers(net.variables["params"])
     assert len(layers) == 19 and layers[4] == ("stage1_block1", "bn2")
     images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
     stacked = models.convert_variables(net.variables, to_scan=True)  # the checkpoint's layout
     assert "stage1_scan" in stacked["params"] and "stage1_block1" in net.variables["params"]
-    scanned = jax.jit(net.run.model.apply)(stacked, images)
+    scanned = jax.jit(net.trained_model.apply)(stacked, images)
     np.testing.assert_allclose(jax.jit(net.model.apply)(net.variables, images), scanned, atol=1e-4)
 
 
@@ -224,6 +224,6 @@ def test_imagenet_layers_are_the_3x3_convolutions(depth, count):
     """Basic blocks: both BNs; bottlenecks: bn2 only; the 7x7 stem and 1x1 projections never."""
     model = models.create("imagenet", depth, "B")
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    layers = analyze.response_layers(shapes["params"])
+    layers = probes.response_layers(shapes["params"])
     assert len(layers) == count and ("bn1",) not in layers
     assert {p[-1] for p in layers} == ({"bn1", "bn2"} if depth == 18 else {"bn2"})

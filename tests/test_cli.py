@@ -7,7 +7,7 @@ import pytest
 from helpers import CIFAR_TAR, ROOT, tiny_config
 from PIL import Image
 
-from resnet_jax import data, train
+from resnet_jax import config, data, train
 
 
 def layout(root, splits=("train", "test"), classes=("cat", "dog"), skip=()) -> str:
@@ -22,81 +22,81 @@ def layout(root, splits=("train", "test"), classes=("cat", "dog"), skip=()) -> s
 
 
 BAD_CONFIGS = {
-    "cifar depth": ({"model.depth": 21}, train.ConfigError, r"CIFAR depth must be 6n\+2 .*; got 21"),
+    "cifar depth": ({"model.depth": 21}, config.ConfigError, r"CIFAR depth must be 6n\+2 .*; got 21"),
     "imagenet depth": (
         {"model.family": "imagenet", "model.depth": 42},
-        train.ConfigError,
+        config.ConfigError,
         "ImageNet depth must be one of 18, 34, 50, 101, 152; got 42",
     ),
     "shortcut": (
         {"model.shortcut": "D"},
-        train.ConfigError,
+        config.ConfigError,
         "shortcut must be one of A, B, C, none; got 'D'",
     ),
-    "family": ({"model.family": "vgg"}, train.ConfigError, "model family must be one of cifar, imagenet"),
+    "family": ({"model.family": "vgg"}, config.ConfigError, "model family must be one of cifar, imagenet"),
     "batch vs devices": (
         {"batch_size": 12},
-        train.ConfigError,
+        config.ConfigError,
         "batch_size 12 must be a positive multiple of the 8",
     ),
     "bn group": (
         {"model.bn": "ghost", "model.bn_group_size": 3},
-        train.ConfigError,
+        config.ConfigError,
         "model.bn_group_size 3 must divide the per-device batch of 2",
     ),
     "ghost bn without groups": (
         {"model.bn": "ghost"},
-        train.ConfigError,
+        config.ConfigError,
         "model.bn='ghost' needs model.bn_group_size, the examples per BN group",
     ),
     "warm-up of two lengths": (  # warmup_steps would silently win
         {"schedule.warmup": "linear", "schedule.warmup_steps": 100, "schedule.warmup_epochs": 5.0},
-        train.ConfigError,
+        config.ConfigError,
         r"schedule.warmup_steps \(100\) and schedule.warmup_epochs \(5.0\) are both set",
     ),
     "warm-up of no length": (  # would silently train without a warm-up
         {"schedule.warmup": "linear"},
-        train.ConfigError,
+        config.ConfigError,
         "schedule.warmup='linear' needs its length: set schedule.warmup_steps or schedule.warmup_epochs",
     ),
     "bn mode": (
         {"model.bn": "sync"},
-        train.ConfigError,
+        config.ConfigError,
         "model.bn must be 'global', 'per_device' or 'ghost'",
     ),
     "dataset name": ({"data.name": "not_a_dataset"}, data.DataError, "not_a_dataset"),
     "eval interval": (
         {"eval_every_steps": 100},
-        train.ConfigError,
+        config.ConfigError,
         "eval_every_steps is 100 but the run has 4 steps",
     ),
     "all intervals too long": (  # named together, not one per try
         {"log_every_steps": 10, "eval_every_steps": 100, "checkpoint_every_steps": 5},
-        train.ConfigError,
+        config.ConfigError,
         "log_every_steps is 10, eval_every_steps is 100 and checkpoint_every_steps is 5 but the run has 4 "
         r"steps; use 1\.\.4",
     ),
     "checkpoint interval": (
         {"checkpoint_every_steps": 5},
-        train.ConfigError,
+        config.ConfigError,
         "checkpoint_every_steps is 5 but the run has 4 steps",
     ),
     "run length vs steps_per_call": (  # would run 6 steps of a 5-step run
         {"num_train_steps": 5, "steps_per_call": 2},
-        train.ConfigError,
+        config.ConfigError,
         r"the run's 5 steps must be a multiple of steps_per_call \(2\)",
     ),
     "empty profile range": (  # its trace would start and never stop
         {"profile_steps": "3:3"},
-        train.ConfigError,
+        config.ConfigError,
         "profile_steps must be 'first:end' with 0 <= first < end",
     ),
     "stem channels": (
         {"model.stem_channels": 2},
-        train.ConfigError,
+        config.ConfigError,
         "model.stem_channels must be 0 .off. or at least 4, e.g. 4 or 8; got 2",
     ),
-    "dtype": ({"model.dtype": "int8"}, train.ConfigError, "model.dtype must be 'auto' or one of"),
+    "dtype": ({"model.dtype": "int8"}, config.ConfigError, "model.dtype must be 'auto' or one of"),
     "missing path": (
         {"data.name": "image_folder", "data.path": "/nonexistent/cifar"},
         data.DataError,

@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import experiments, optim, paper, train
+from resnet_jax import config, experiments, paper
 from resnet_jax.config import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_config_loads_with_schema_keys(name, arg):
     if arg and "smoke" in arg:
         assert c.data.name == "synthetic" and 0 < c.num_train_steps <= 10 and c.eval_every_steps < 10
         for num_devices in (1, 8):  # a smoke config runs as it is (batch=N,smoke: ghost BN included)
-            train.check_config(c, num_devices)
+            config.check(c, num_devices)
 
 
 def promised_net(name: str, arg: str | None) -> tuple[str, int, str, str]:
@@ -174,7 +174,7 @@ def test_pod_scaling_follows_goyal_et_al():
 def test_imagenet_evaluates_and_checkpoints_on_the_trainers_epoch_boundaries(arg):
     """Evaluations "every 2 epochs" in the trainer's epochs: full batches of the 1,281,167 training images."""
     c = load("imagenet_r50", arg)
-    steps_per_epoch, _ = optim.steps_for(c, experiments.IMAGENET_TRAIN_EXAMPLES)
+    steps_per_epoch, _ = config.run_length(c, experiments.IMAGENET_TRAIN_EXAMPLES)
     assert c.eval_every_steps == 2 * steps_per_epoch
     assert c.checkpoint_every_steps == steps_per_epoch
 
@@ -186,8 +186,8 @@ def test_pod_scaling_of_a_plain_net_does_not_zero_its_blocks(name):
     c = load(name, "batch=4096")
     assert c.model.shortcut == "none" and not c.model.zero_init_residual
     c.model.zero_init_residual = True
-    with pytest.raises(train.ConfigError, match="zero_init_residual=True would zero every block"):
-        train.check_config(c, 8)
+    with pytest.raises(config.ConfigError, match="zero_init_residual=True would zero every block"):
+        config.check(c, 8)
 
 
 @pytest.mark.parametrize(

@@ -10,27 +10,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import data_cfg
 
-from resnet_jax import data
-from resnet_jax.data import cifar
+from resnet_jax import config, data, inputs
+from resnet_jax.data import common, device_held
 from resnet_jax.data.common import cache_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA_CACHE = cache_dir({})  # the package default (~/.cache/resnet_jax): decoded once per machine
+DATA_CACHE = cache_dir(data_cfg())  # the package default (~/.cache/resnet_jax): decoded once per machine
 
 
 def cifar_cfg(tar, **kw):
-    return {"name": "cifar10", "path": str(tar), "cache_dir": str(DATA_CACHE), **kw}
+    return data_cfg(name="cifar10", path=str(tar), cache_dir=str(DATA_CACHE), **kw)
 
 
 @pytest.fixture(scope="module")
 def full(cifar_tar):
-    return data.load_in_memory(cifar_cfg(cifar_tar), seed=0)
+    return device_held.load(cifar_cfg(cifar_tar), seed=0, batch_size=128)
 
 
 @pytest.fixture(scope="module")
 def held_out(cifar_tar):
-    return data.load_in_memory(cifar_cfg(cifar_tar, val_split=5000), seed=0)
+    return device_held.load(cifar_cfg(cifar_tar, val_split=5000), seed=0, batch_size=128)
 
 
 def test_counts_and_classes(full):
@@ -47,14 +48,14 @@ def test_counts_and_classes(full):
 
 def test_cache_makes_the_second_load_fast(cifar_tar, full):
     t0 = time.perf_counter()
-    again = data.load_in_memory(cifar_cfg(cifar_tar), seed=1)
+    again = device_held.load(cifar_cfg(cifar_tar), seed=1, batch_size=128)
     assert time.perf_counter() - t0 < 10
     np.testing.assert_array_equal(again.eval_images, full.eval_images)
     assert list(DATA_CACHE.glob("image_folder-*.npz"))
 
 
 def test_val_split_is_disjoint_fixed_and_5000(full, held_out):
-    keep, held = cifar.validation_split(50_000, 5000)
+    keep, held = device_held.validation_split(50_000, 5000)
     assert len(held) == 5000 and len(keep) == 45_000 and not set(keep) & set(held)
     assert held_out.train_images.shape[0] == 45_000 and held_out.eval_images.shape[0] == 5000
     np.testing.assert_array_equal(held_out.eval_images, full.train_images[held])
@@ -64,7 +65,7 @@ def test_val_split_is_disjoint_fixed_and_5000(full, held_out):
 
 
 def test_channel_mean_std(full):
-    mean, std = data.common.mean_std(full.train_images[:1000], "channel")
+    mean, std = common.mean_std(full.train_images[:1000], "channel")
     x = full.train_images[:1000].reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(mean, x.mean(0), rtol=1e-5)
     np.testing.assert_allclose(std, x.std(0), rtol=1e-5)
@@ -72,7 +73,7 @@ def test_channel_mean_std(full):
 
 def test_each_crop_is_a_window_of_the_zero_padded_image(full):
     images = full.train_images[:48]
-    out = np.asarray(jax.jit(data.augment_cifar)(jax.random.key(3), images))
+    out = np.asarray(jax.jit(device_held.augment_cifar)(jax.random.key(3), images))
     assert out.shape == images.shape and out.dtype == np.uint8
     padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
     found = set()
@@ -94,28 +95,31 @@ def test_each_crop_is_a_window_of_the_zero_padded_image(full):
 
 def test_epochs_visit_each_example_once_and_differ():
     n, b = 1000, 64
-    spe = data.steps_per_epoch(n, b)
-    epoch0 = np.concatenate([data.train_batch_indices(7, s, b, n) for s in range(spe)])
+    spe = config.steps_per_epoch(n, b)
+    epoch0 = np.concatenate([device_held.train_batch_indices(7, s, b, n) for s in range(spe)])
     assert len(set(epoch0.tolist())) == spe * b and epoch0.dtype == np.int32
-    np.testing.assert_array_equal(epoch0, data.epoch_permutation(7, 0, n)[: spe * b])
-    np.testing.assert_array_equal(data.train_batch_indices(7, spe, b, n), data.epoch_permutation(7, 1, n)[:b])
-    assert not np.array_equal(data.epoch_permutation(7, 0, n), data.epoch_permutation(7, 1, n))
-    assert not np.array_equal(data.epoch_permutation(7, 0, n), data.epoch_permutation(8, 0, n))
+    np.testing.assert_array_equal(epoch0, device_held.epoch_permutation(7, 0, n)[: spe * b])
+    np.testing.assert_array_equal(
+        device_held.train_batch_indices(7, spe, b, n), device_held.epoch_permutation(7, 1, n)[:b]
+    )
+    assert not np.array_equal(device_held.epoch_permutation(7, 0, n), device_held.epoch_permutation(7, 1, n))
+    assert not np.array_equal(device_held.epoch_permutation(7, 0, n), device_held.epoch_permutation(8, 0, n))
 
 
 @jax.jit
-def _train_batch(rng, images, labels, idx, mean, std):
-    return data.train_batch(rng, images, labels, idx, mean, std)
+def _train_batch(rng, images, labels, idx, mean, std):  # the trainer's own device-held input path
+    held = {"train_images": images, "train_labels": labels, "mean": mean, "std": std}
+    return inputs.held_train_images(rng, {"index": idx, "held": held}, augment=True, dtype=jnp.float32)
 
 
 def _batch(ds, seed, step, mean, std):
-    idx = data.train_batch_indices(seed, step, 32, len(ds.train_labels))
+    idx = device_held.train_batch_indices(seed, step, 32, len(ds.train_labels))
     rng = jax.random.fold_in(jax.random.key(seed), step)
     return _train_batch(rng, ds.train_images, ds.train_labels, idx, mean, std)
 
 
 def test_same_seed_and_step_give_the_same_batch_after_a_restart(full):
-    small = data.InMemoryData(
+    small = common.DeviceHeldData(
         full.train_images[:5000],
         full.train_labels[:5000],
         full.eval_images[:10],
@@ -127,7 +131,7 @@ def test_same_seed_and_step_give_the_same_batch_after_a_restart(full):
         "cifar10",
     )
     x1, y1 = _batch(small, 0, 1234, full.mean, full.std)
-    cifar._cached_permutation.cache_clear()  # a "restart": recompute everything from scratch
+    device_held._cached_permutation.cache_clear()  # a "restart": recompute everything from scratch
     x2, y2 = _batch(small, 0, 1234, full.mean, full.std)
     np.testing.assert_array_equal(np.asarray(x1), np.asarray(x2))
     np.testing.assert_array_equal(np.asarray(y1), np.asarray(y2))
@@ -138,7 +142,7 @@ def test_same_seed_and_step_give_the_same_batch_after_a_restart(full):
 
 def test_normalize_dtype_and_values():
     x = jnp.full((2, 4, 4, 3), 130, jnp.uint8)
-    out = jax.jit(lambda v: data.normalize(v, jnp.full(3, 120.0), jnp.full(3, 2.0), jnp.bfloat16))(x)
+    out = jax.jit(lambda v: device_held.normalize(v, jnp.full(3, 120.0), jnp.full(3, 2.0), jnp.bfloat16))(x)
     assert out.dtype == jnp.bfloat16 and float(out[0, 0, 0, 0]) == 5.0
 
 
@@ -157,11 +161,13 @@ class Block:
         if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
             raise ImportError(name + " is blocked")
 sys.meta_path.insert(0, Block())
-from resnet_jax import data
+from resnet_jax import config, data
 from resnet_jax.data.common import cache_dir
 assert "jax" not in sys.modules  # importing the package is cheap
-ds = data.load_in_memory({{"name": "image_folder", "path": {str(tmp_path / "f")!r},
-                          "cache_dir": {str(tmp_path / "c")!r}, "mean": "channel"}}, seed=0)
+from resnet_jax.data import device_held
+cfg = config.data_config(name="image_folder", path={str(tmp_path / "f")!r}, cache_dir={str(tmp_path / "c")!r},
+                         mean="channel")
+ds = device_held.load(cfg, seed=0, batch_size=128)
 assert ds.train_images.shape == (6, 8, 8, 3) and ds.class_names == ["a_cls", "b_cls"], ds.class_names
 assert ds.train_labels.tolist() == [0, 0, 0, 1, 1, 1] and ds.std.shape == (3,)
 assert not any(m.startswith("tensorflow") for m in sys.modules)
@@ -186,9 +192,9 @@ def test_directory_cache_key_follows_content(tmp_path):
     assert image_folder.source_hash(image_folder.index_folder(tmp_path)) != before
 
 
-def test_synthetic_host_and_device():
-    cfg = {"name": "synthetic", "image_size": 32, "synthetic_examples": 256}
-    ds = data.load_in_memory(cfg, seed=0)
+def test_synthetic_data():
+    cfg = data_cfg(name="synthetic", image_size=32, synthetic_examples=256)
+    ds = device_held.load(cfg, seed=0, batch_size=128)
     assert ds.train_images.shape == (256, 32, 32, 3) and ds.num_classes == 10
     assert data.dataset_info(cfg) == {
         "num_train": 256,
@@ -196,10 +202,6 @@ def test_synthetic_host_and_device():
         "num_classes": 10,
         "image_shape": (32, 32, 3),
     }
-    b = jax.jit(data.synthetic_batch, static_argnums=(1, 2, 3))(jax.random.key(0), 8, 32, 10)
-    assert (
-        b["image"].shape == (8, 32, 32, 3) and b["image"].dtype == jnp.uint8 and b["label"].dtype == jnp.int32
-    )
 
 
 def test_dataset_info_without_decoding(cifar_tar, full):

@@ -4,9 +4,11 @@ import io
 import tarfile
 
 import pytest
+from helpers import data_cfg
 from PIL import Image
 
 from resnet_jax import data
+from resnet_jax.data import device_held, streamed
 
 
 def one_sentence(err: pytest.ExceptionInfo) -> str:
@@ -25,12 +27,12 @@ def make_folder(root, classes=("cat", "dog"), splits=("train", "test"), n=2):
 
 
 def cfg(path, name="image_folder", **kw):
-    return {"name": name, "path": str(path), "cache_dir": str(path) + "-cache", **kw}
+    return data_cfg(name=name, path=str(path), cache_dir=str(path) + "-cache", **kw)
 
 
 def test_unknown_dataset_name():
     with pytest.raises(data.DataError) as e:
-        data.validate({"name": "cifar11"})
+        data.validate(data_cfg(name="cifar11"))
     assert "unknown dataset 'cifar11'" in one_sentence(e)
 
 
@@ -76,7 +78,7 @@ def test_unreadable_image_is_named(tmp_path):
     (root / "test" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     data.validate(cfg(root))  # the layout is fine; decoding finds the bad file
     with pytest.raises(data.DataError) as e:
-        data.load_in_memory(cfg(root), seed=0)
+        device_held.load(cfg(root), seed=0, batch_size=128)
     assert "test/dog/broken.jpg" in one_sentence(e)
 
 
@@ -86,7 +88,7 @@ def test_unreadable_image_in_tar_is_named(tmp_path):
     with tarfile.open(tmp_path / "f.tar.gz", "w:gz") as tar:
         tar.add(root, arcname="f")  # a wrapping top directory is allowed
     with pytest.raises(data.DataError) as e:
-        data.load_in_memory(cfg(tmp_path / "f.tar.gz"), seed=0)
+        device_held.load(cfg(tmp_path / "f.tar.gz"), seed=0, batch_size=128)
     assert "f/train/cat/bad.jpg" in one_sentence(e)
 
 
@@ -103,7 +105,7 @@ def test_mixed_image_sizes(tmp_path):
     Image.new("RGB", (9, 8)).save(buf, format="PNG")
     (root / "train" / "cat" / "wide.jpg").write_bytes(buf.getvalue())
     with pytest.raises(data.DataError) as e:
-        data.load_in_memory(cfg(root), seed=0)
+        device_held.load(cfg(root), seed=0, batch_size=128)
     assert "wide.jpg" in one_sentence(e)
 
 
@@ -120,14 +122,14 @@ def test_mixed_image_sizes(tmp_path):
 )
 def test_bad_options(bad):
     with pytest.raises(data.DataError) as e:
-        data.validate(bad)
+        data.validate(data_cfg(bad))
     one_sentence(e)
 
 
 def test_val_split_too_large(tmp_path):
     root = make_folder(tmp_path / "f")
     with pytest.raises(data.DataError) as e:
-        data.load_in_memory(cfg(root, val_split=4), seed=0)
+        device_held.load(cfg(root, val_split=4), seed=0, batch_size=128)
     assert "val_split" in one_sentence(e)
     with pytest.raises(data.DataError) as e:  # not num_train = -2
         data.dataset_info(cfg(root, val_split=6))
@@ -142,7 +144,7 @@ def test_path_with_a_streamed_dataset(tmp_path):
 
 def test_imagenet_not_prepared_says_how_to_build_it(tmp_path):
     with pytest.raises(data.DataError) as e:
-        data.validate({"name": "imagenet2012", "tfds_dir": str(tmp_path)})
+        data.validate(data_cfg(name="imagenet2012", tfds_dir=str(tmp_path)))
     msg = one_sentence(e)
     for part in (
         "ILSVRC2012_img_train.tar",
@@ -152,11 +154,11 @@ def test_imagenet_not_prepared_says_how_to_build_it(tmp_path):
     ):
         assert part in msg
     with pytest.raises(data.DataError):
-        data.tfds_train_iterator({"name": "imagenet2012", "tfds_dir": str(tmp_path)}, 8, 0, 0)
+        next(streamed.train_iterator(data_cfg(name="imagenet2012", tfds_dir=str(tmp_path)), 8, 0, 0))
 
 
 def test_dataset_info_of_an_unprepared_tfds_cifar(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(data.DataError) as e:  # not TFDS's KeyError on the empty splits
-        data.dataset_info({"name": "cifar10", "tfds_dir": str(tmp_path)})
+        data.dataset_info(data_cfg(name="cifar10", tfds_dir=str(tmp_path)))
     assert "not prepared" in one_sentence(e)

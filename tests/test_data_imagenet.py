@@ -4,10 +4,10 @@ import pathlib
 
 import numpy as np
 import pytest
-from helpers import TINY_TFDS_TRAIN, TINY_TFDS_VAL
+from helpers import TINY_TFDS_TRAIN, TINY_TFDS_VAL, data_cfg
 
-from resnet_jax import data
-from resnet_jax.data import imagenet
+from resnet_jax import config, data
+from resnet_jax.data import device_held, streamed, tfds_meta
 
 pytest.importorskip("tensorflow_datasets")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -16,7 +16,7 @@ N_TRAIN, N_VAL = TINY_TFDS_TRAIN, TINY_TFDS_VAL
 
 @pytest.fixture
 def tiny(tiny_tfds):
-    return dict(tiny_tfds)
+    return data_cfg(tiny_tfds)
 
 
 def take(it, n):
@@ -30,13 +30,13 @@ def test_dataset_info(tiny):
         "num_classes": 3,
         "image_shape": (224, 224, 3),
     }
-    assert data.dataset_info({**tiny, "val_split": 4})["num_eval"] == 4
-    assert not data.is_in_memory(tiny)
+    assert data.dataset_info(data_cfg(tiny, val_split=4))["num_eval"] == 4
+    assert not config.is_device_held(tiny)
 
 
 @pytest.mark.parametrize("augment", ["paper", "inception"])
 def test_train_batches(tiny, augment):
-    (batch,) = take(data.tfds_train_iterator({**tiny, "augment": augment}, 8, seed=0, start_step=0), 1)
+    (batch,) = take(streamed.train_iterator(data_cfg(tiny, augment=augment), 8, seed=0, start_step=0), 1)
     assert batch["image"].shape == (8, 224, 224, 3) and batch["image"].dtype == np.float32
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
     assert np.isfinite(batch["image"]).all() and set(batch["label"].tolist()) <= {0, 1, 2}
@@ -44,19 +44,19 @@ def test_train_batches(tiny, augment):
 
 
 def test_resume_matches_an_uninterrupted_run_across_an_epoch_boundary(tiny):
-    run = take(data.tfds_train_iterator(tiny, 8, seed=5, start_step=0), 5)  # 3 steps per epoch
-    resumed = take(data.tfds_train_iterator(tiny, 8, seed=5, start_step=2), 3)
+    run = take(streamed.train_iterator(tiny, 8, seed=5, start_step=0), 5)  # 3 steps per epoch
+    resumed = take(streamed.train_iterator(tiny, 8, seed=5, start_step=2), 3)
     for a, b in zip(run[2:], resumed, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
     epoch0 = np.concatenate([b["label"] for b in run[:3]])
     assert np.bincount(epoch0).tolist() == [8, 8, 8]  # every training example once per epoch
-    other = take(data.tfds_train_iterator(tiny, 8, seed=6, start_step=0), 1)[0]
+    other = take(streamed.train_iterator(tiny, 8, seed=6, start_step=0), 1)[0]
     assert not np.array_equal(other["image"], run[0]["image"])
 
 
 def _window_sides(fn, shape, n=300):
-    tf = imagenet.tf_module()
+    tf = tfds_meta.tf_module()
     return np.array([fn(tf, tf.constant(shape), tf.constant([1, i], tf.int64)).numpy() for i in range(n)])
 
 
@@ -64,7 +64,7 @@ def _window_sides(fn, shape, n=300):
 def test_paper_crop_sizes_follow_scale_augmentation(size):
     h, w = 300, 400  # shorter side resized to L in [256, 480]; a 224 crop spans 224 * 300 / L pixels
     # At another image_size the range scales with it (as the eval resize does): the same window sides.
-    win = _window_sides(lambda tf, s, seed: imagenet._paper_window(tf, s, seed, size), [h, w])
+    win = _window_sides(lambda tf, s, seed: streamed._paper_window(tf, s, seed, size), [h, w])
     side = win[:, 2]
     assert (
         (win[:, 2] == win[:, 3]).all()
@@ -77,7 +77,7 @@ def test_paper_crop_sizes_follow_scale_augmentation(size):
 
 def test_inception_crop_area_and_aspect():
     h, w = 300, 400
-    win = _window_sides(lambda tf, s, seed: imagenet._inception_window(tf, s, seed), [h, w])
+    win = _window_sides(lambda tf, s, seed: streamed._inception_window(tf, s, seed), [h, w])
     area = win[:, 2] * win[:, 3] / (h * w)
     aspect = win[:, 3] / win[:, 2]
     assert area.min() >= 0.07 and area.max() <= 1.0 and area.min() < 0.3
@@ -86,8 +86,8 @@ def test_inception_crop_area_and_aspect():
 
 
 def test_center_eval_counts_every_example_once_with_a_mask(tiny):
-    batches = list(data.tfds_eval_iterator(tiny, 4))
-    assert len(batches) == data.eval_steps(tiny, 4) == 3
+    batches = list(streamed.eval_iterator(tiny, 4))
+    assert len(batches) == streamed.eval_batches(data.dataset_info(tiny)["num_eval"], 4, 1) == 3
     assert all(b["image"].shape == (4, 224, 224, 3) for b in batches)
     mask = np.concatenate([b["mask"] for b in batches])
     labels = np.concatenate([b["label"] for b in batches])
@@ -97,8 +97,8 @@ def test_center_eval_counts_every_example_once_with_a_mask(tiny):
 
 
 def test_ten_crops(tiny):
-    center = np.concatenate([b["image"] for b in data.tfds_eval_iterator(tiny, 4)])
-    batches = list(data.tfds_eval_iterator({**tiny, "eval_crop": "ten"}, 4))
+    center = np.concatenate([b["image"] for b in streamed.eval_iterator(tiny, 4)])
+    batches = list(streamed.eval_iterator(data_cfg(tiny, eval_crop="ten"), 4))
     assert all(b["image"].shape == (4, 10, 224, 224, 3) for b in batches)
     crops = np.concatenate([b["image"] for b in batches])[:N_VAL]
     np.testing.assert_array_equal(crops[:, 5:], crops[:, :5, :, ::-1])  # crops 5-9 flip crops 0-4
@@ -108,21 +108,21 @@ def test_ten_crops(tiny):
 
 
 def test_bfloat16_and_channel_normalisation(tiny):
-    (batch,) = take(data.tfds_train_iterator({**tiny, "mean": "channel"}, 8, 0, 0, dtype="bfloat16"), 1)
+    (batch,) = take(streamed.train_iterator(data_cfg(tiny, mean="channel"), 8, 0, 0, dtype="bfloat16"), 1)
     assert batch["image"].dtype.name == "bfloat16" and np.abs(batch["image"].astype(np.float32)).max() < 3.5
 
 
 @pytest.mark.parametrize("processes", [1, 2, 3, 8])
 def test_process_parts_cover_the_split(processes):
-    span = imagenet.Span("validation", 0, 50_001)
+    span = tfds_meta.Span("validation", 0, 50_001)
     parts = [span.part(p, processes, equal=False) for p in range(processes)]
     bounds = [tuple(map(int, s[len("validation[") : -1].split(":"))) for s in parts]
     assert bounds[0][0] == 0 and bounds[-1][1] == 50_001
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
     local = 64 // processes if 64 % processes == 0 else 1
-    batches = imagenet.eval_batches(50_001, local * processes, processes)
+    batches = streamed.eval_batches(50_001, local * processes, processes)
     assert all(batches * local >= b - a for a, b in bounds)
-    train = [imagenet.Span("train", 0, 1001).part(p, processes, equal=True) for p in range(processes)]
+    train = [tfds_meta.Span("train", 0, 1001).part(p, processes, equal=True) for p in range(processes)]
     assert len({s.count(":") for s in train}) == 1
 
 
@@ -130,18 +130,20 @@ def test_tfds_cifar_in_memory_with_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=20):
-        ds = data.load_in_memory({"name": "cifar10", "tfds_dir": str(tmp_path), "val_split": 5}, seed=0)
+        ds = device_held.load(
+            data_cfg(name="cifar10", tfds_dir=str(tmp_path), val_split=5), seed=0, batch_size=128
+        )
     assert ds.train_images.shape == (15, 32, 32, 3) and ds.eval_images.shape == (5, 32, 32, 3)
     assert ds.train_images.dtype == np.uint8 and ds.num_classes == 10 and len(ds.class_names) == 10
 
 
-def test_the_trainer_streams_a_tfds_dataset_end_to_end(tiny, tmp_path):
+def test_the_trainer_streams_a_tfds_dataset_end_to_end(tiny_tfds, tmp_path):
     """ImageNet ResNet-18 on real JPEGs through tf.data, the paper's augmentation and 10-crop testing."""
     from helpers import read_metrics, tiny_config
 
     from resnet_jax import train
 
-    overrides = {f"data.{k}": v for k, v in tiny.items()}
+    overrides = {f"data.{k}": v for k, v in tiny_tfds.items()}
     overrides.update(
         {
             "data.image_size": 32,

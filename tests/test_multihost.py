@@ -138,7 +138,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
-from resnet_jax import train
+from resnet_jax import inputs, train
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
@@ -146,7 +146,7 @@ d = jax.devices()
 mesh = Mesh(np.array([d[0], d[4], d[1], d[5], d[2], d[6], d[3], d[7]]), ("data",))  # hosts interleaved
 index = np.arange(16, dtype=np.int32)
 for axis, batch in ((0, index), (1, np.stack([index, index + 16]))):  # steps_per_call stacks on axis 0
-    placed = train.to_global({"i": batch}, mesh, True, axis)["i"]
+    placed = inputs.to_global({"i": batch}, mesh, True, axis)["i"]
     placed = multihost_utils.process_allgather(placed, tiled=True)
     assert (np.asarray(placed) == batch).all(), placed.tolist()
 """
@@ -226,7 +226,7 @@ def test_two_processes_stream_a_tfds_dataset_and_evaluate_every_image_once(tiny_
     }
     procs = start_pair(tmp_path, *(f"--config.{k}={v}" for k, v in overrides.items()))
     run = train.setup(tiny_config(**overrides))  # one process, 8 devices: the initial state evaluated
-    one = train.evaluate(run.init(), run.inputs, run.evaluate_step, run.mesh)
+    one = run.evaluate(run.init())
     outputs = finish_pair(procs)
     assert "8 cpu device(s)" in outputs[0] and "done: step 2" in outputs[0]
     (two,) = [r for r in read_metrics(tmp_path) if "eval/count" in r]

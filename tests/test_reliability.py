@@ -24,7 +24,7 @@ from helpers import (
     tiny_config,
 )
 
-from resnet_jax import train
+from resnet_jax import checkpoints, config, train
 
 STEPS = 24
 OVERRIDES = dict(num_train_steps=STEPS, checkpoint_every_steps=2, log_every_steps=2, eval_every_steps=8)
@@ -183,7 +183,7 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
         if f.is_file():
             f.write_bytes(b"")
     with pytest.raises(
-        train.TrainingError, match="no usable checkpoint in .*; move the directory away to start afresh"
+        config.TrainingError, match="no usable checkpoint in .*; move the directory away to start afresh"
     ):
         train.train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path))
 
@@ -191,7 +191,7 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
 def test_a_cut_config_write_leaves_the_previous_config_whole(tmp_path, monkeypatch):
     """A kill while config.json is written must not leave a cut file that the next start cannot read."""
     cfg = tiny_config()
-    train.write_config(cfg, str(tmp_path))
+    checkpoints.write_config(cfg, str(tmp_path))
     whole = (tmp_path / "config.json").read_text()
     real_write = epath.Path.write_text
 
@@ -201,9 +201,9 @@ def test_a_cut_config_write_leaves_the_previous_config_whole(tmp_path, monkeypat
 
     monkeypatch.setattr(epath.Path, "write_text", cut)
     with pytest.raises(KeyboardInterrupt):
-        train.write_config(cfg, str(tmp_path))
+        checkpoints.write_config(cfg, str(tmp_path))
     assert (tmp_path / "config.json").read_text() == whole
-    train.check_workdir_config(cfg, str(tmp_path))  # the next start reads it
+    checkpoints.check_workdir_config(cfg, str(tmp_path))  # the next start reads it
 
 
 def test_data_path_spelled_another_way_for_the_same_file_resumes(tmp_path, monkeypatch):
@@ -213,23 +213,23 @@ def test_data_path_spelled_another_way_for_the_same_file_resumes(tmp_path, monke
     (tmp_path / "link.tar").symlink_to(data)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "run").mkdir()
-    train.write_config(tiny_config(**{"data.path": "cifar.tar"}), str(tmp_path / "run"))
+    checkpoints.write_config(tiny_config(**{"data.path": "cifar.tar"}), str(tmp_path / "run"))
     for same in (str(data), "link.tar", "./cifar.tar"):
-        train.check_workdir_config(tiny_config(**{"data.path": same}), str(tmp_path / "run"))
+        checkpoints.check_workdir_config(tiny_config(**{"data.path": same}), str(tmp_path / "run"))
     (tmp_path / "other.tar").write_bytes(b"")
-    with pytest.raises(train.ConfigError, match=r"different config \(data.path\)"):
-        train.check_workdir_config(tiny_config(**{"data.path": "other.tar"}), str(tmp_path / "run"))
+    with pytest.raises(config.ConfigError, match=r"different config \(data.path\)"):
+        checkpoints.check_workdir_config(tiny_config(**{"data.path": "other.tar"}), str(tmp_path / "run"))
 
 
 def test_a_workdir_with_another_model_is_refused(tmp_path):
     train.train_and_evaluate(tiny_config(**{"num_train_steps": 2, "eval_every_steps": 2}), str(tmp_path))
     changed = tiny_config(**{"model.depth": 14, "model.shortcut": "B"})
-    with pytest.raises(train.ConfigError, match=r"different config \(model.depth, model.shortcut\)"):
+    with pytest.raises(config.ConfigError, match=r"different config \(model.depth, model.shortcut\)"):
         train.train_and_evaluate(changed, str(tmp_path))
     # The batch order and the step size too: another seed, batch or learning rate would change the run.
     other = tiny_config(**{"seed": 5, "batch_size": 32, "schedule.base_lr": 0.2, "optimizer.momentum": 0.8})
     with pytest.raises(
-        train.ConfigError,
+        config.ConfigError,
         match=r"different config \(seed, batch_size, optimizer.momentum, schedule.base_lr\)",
     ):
         train.train_and_evaluate(other, str(tmp_path))
@@ -237,7 +237,7 @@ def test_a_workdir_with_another_model_is_refused(tmp_path):
     compatible = tiny_config(
         **{"model.bn": "per_device", "data.synthetic_examples": 96, "num_train_steps": 4}
     )
-    with pytest.raises(train.ConfigError, match=r"\(model.bn\)"):
+    with pytest.raises(config.ConfigError, match=r"\(model.bn\)"):
         train.train_and_evaluate(compatible, str(tmp_path))
     compatible.allow_config_change = True
     assert train.train_and_evaluate(compatible, str(tmp_path))["done"]
@@ -255,7 +255,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
     with pytest.raises(
-        train.TrainingError, match=r"writing checkpoint 4 .* failed .*No space left.* \(step 2\) is intact"
+        config.TrainingError, match=r"writing checkpoint 4 .* failed .*No space left.* \(step 2\) is intact"
     ):
         train.train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path))
     assert checkpoint_steps(tmp_path) == [2]
@@ -265,7 +265,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
 def test_an_unwritable_workdir_is_one_sentence(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(train.ConfigError, match="cannot write to --workdir .*; choose a writable directory"):
+    with pytest.raises(config.ConfigError, match="cannot write to --workdir .*; choose a writable directory"):
         train.train_and_evaluate(tiny_config(), str(blocker / "run"))
 
 

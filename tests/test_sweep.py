@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from resnet_jax import experiments, sweep, train
+from resnet_jax import config, experiments, sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEPS = {
@@ -103,7 +103,7 @@ def test_cifar_sweeps_take_the_documented_gpu_override_steps_per_call_50(spec):
     for run in sweep.expand(sweep.load_sweep(f"configs/sweeps/{spec}")):
         c = experiments.load_config(run.config)
         c.steps_per_call = 50
-        train.check_intervals(c, c.num_train_steps)
+        config.check_run_length(c, c.num_train_steps)
 
 
 def test_print_mode_prints_commands_and_marks_finished_runs(tmp_path, capsys):

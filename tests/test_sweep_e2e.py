@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from resnet_jax import report
+from resnet_jax import report, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 POINTS = ("plain20-seed0", "resnet20-seed0")
@@ -63,7 +63,7 @@ def test_tiny_cifar_sweep_end_to_end(tmp_path):
     for point in POINTS:
         summary = json.loads((work / point / "summary.json").read_text())
         assert SUMMARY_KEYS <= set(summary) and summary["done"] and summary["step"] == 4
-        rows = report.read_jsonl(work / point / "metrics.jsonl")
+        rows = workdir.read_metrics(work / point)
         assert all(METRIC_KEYS <= set(r) for r in rows if "train/loss" in r)
         assert [r["step"] for r in rows if "eval/top1_error" in r][-1] == 4
         assert json.loads((work / point / "config.json").read_text())["model"]["depth"] == 8

@@ -12,7 +12,9 @@ from helpers import CIFAR_TAR, assert_trees_equal, checkpoint_steps, read_metric
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import models, optim, train
+from resnet_jax import config, models, optim, train
+from resnet_jax.inputs import Inputs, device_held_inputs, to_global
+from resnet_jax.losses import cross_entropy, topk_errors
 
 
 def test_end_to_end_cifar20_on_the_jpeg_archive(tmp_path):
@@ -49,17 +51,15 @@ def test_end_to_end_cifar20_on_the_jpeg_archive(tmp_path):
 
 def one_step(cfg, mesh):
     """Initialise and take one step on `mesh`; returns (state, metrics) on the host."""
-    inputs = train.in_memory_inputs(cfg, mesh, jnp.float32)
-    model = train.create_model(cfg, inputs.num_classes, mesh.devices.size)
+    inputs = device_held_inputs(cfg, mesh, jnp.float32)
+    model = models.build(config.model_options(cfg, mesh.devices.size), inputs.num_classes)
     tx, _ = optim.create(cfg, cfg.batch_size, 10, 100)
     state = train.init_state(model, tx, cfg.seed, inputs.image_shape, mesh)
-    batch = train.to_global(next(inputs.train_batches(0)), mesh, True)
+    batch = next(inputs.train_batches(0))
     step = jax.jit(
-        lambda s, b, a: train.train_step(
-            s, b, a, model=model, tx=tx, inputs=inputs, mesh=mesh, skip_nonfinite=False
-        )
+        lambda s, b: train.train_step(s, b, model=model, tx=tx, inputs=inputs, skip_nonfinite=False)
     )
-    return jax.device_get(step(state, batch, inputs.arrays)), model, inputs
+    return jax.device_get(step(state, batch)), model, inputs
 
 
 def mesh_of(n: int) -> Mesh:
@@ -80,16 +80,16 @@ def test_bn_modes_normalise_over_their_groups(mode, group):
     """The step's BN statistics equal those of each group (device shard / ghost group) on its own."""
     cfg = tiny_config(batch_size=32, **{"model.bn": mode, "model.bn_group_size": group})
     mesh = mesh_of(8)
-    assert train.bn_group_size(cfg, 8) == group
+    assert config.bn_group_size(cfg, 8) == group
     (state, _), model, inputs = one_step(cfg, mesh)
 
     # Recompute the same batch on the host, one group at a time, with whole-batch BN.
     plain = models.create("cifar", 8, "A", inputs.num_classes)
     tx, _ = optim.create(cfg, cfg.batch_size, 10, 100)
     init = jax.device_get(train.init_state(model, tx, cfg.seed, inputs.image_shape, mesh_of(1)))
-    batch = next(inputs.train_batches(0))
+    batch = next(inputs.host_train(0))
     rng = jax.random.fold_in(jax.random.wrap_key_data(init.rng), 0)
-    images, _ = inputs.train_images(rng, {"index": jnp.asarray(batch["index"])}, inputs.arrays)
+    images, _ = inputs.train_images(rng, {"index": jnp.asarray(batch["index"]), "held": inputs.held})
     variables = {"params": init.params, "batch_stats": init.batch_stats}
     stats = [
         plain.apply(variables, images[i : i + group], train=True, mutable=["batch_stats"])[1]["batch_stats"]
@@ -139,7 +139,7 @@ def test_a_continued_run_is_not_reported_done_before_it_ends(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["done"]
     longer = tiny_config(num_train_steps=8, **{"schedule.base_lr": 1e30})  # fails at its first log
     longer.allow_config_change = True  # the lr change that makes it fail
-    with pytest.raises(train.TrainingError, match="non-finite loss"):
+    with pytest.raises(config.TrainingError, match="non-finite loss"):
         train.train_and_evaluate(longer, str(tmp_path))
     assert not (tmp_path / "summary.json").exists()
 
@@ -149,15 +149,15 @@ def test_eval_counts_every_example_once_with_an_uneven_last_batch():
     cfg = tiny_config(**{"data.synthetic_examples": 100, "data.eval_batch_size": 24})
     mesh = mesh_of(8)
     (state, _), model, inputs = one_step(cfg, mesh)
-    step = jax.jit(lambda s, b, a: train.eval_step(s, b, a, model=model, inputs=inputs))
-    result = train.evaluate(state, inputs, step, mesh)
+    step = jax.jit(lambda s, b: train.eval_step(s, b, model=model, inputs=inputs))
+    result = train.evaluate(state, inputs.eval_batches(), step)
     assert result["eval/count"] == 100
     # The same numbers straight from the model over all 100 examples at once.
-    images = (inputs.arrays["eval_images"].astype(jnp.float32) - inputs.arrays["mean"]) / inputs.arrays["std"]
+    images = (inputs.held["eval_images"].astype(jnp.float32) - inputs.held["mean"]) / inputs.held["std"]
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images)
-    labels = inputs.arrays["eval_labels"]
+    labels = inputs.held["eval_labels"]
     top1 = 100 * float(jnp.mean(jnp.argmax(logits, -1) != labels))
-    loss = float(train.cross_entropy(logits, labels).mean())
+    loss = float(cross_entropy(logits, labels).mean())
     assert result["eval/top1_error"] == pytest.approx(top1, abs=1e-6)
     assert result["eval/loss"] == pytest.approx(loss, rel=1e-5)
 
@@ -174,22 +174,22 @@ def test_in_memory_training_images_are_augmented_and_eval_images_are_not(tmp_pat
                 pixels = rng.integers(0, 256, (32, 32, 3), np.uint8)
                 Image.fromarray(pixels).save(tmp_path / split / c / f"{i}.png")
     folder = {"data.name": "image_folder", "data.path": str(tmp_path), "data.cache_dir": str(tmp_path / "c")}
-    inputs = train.in_memory_inputs(tiny_config(**folder), mesh_of(1), jnp.float32)
-    a = inputs.arrays
+    inputs = device_held_inputs(tiny_config(**folder), mesh_of(1), jnp.float32)
+    a = inputs.held
     index = np.arange(8, dtype=np.int32)
-    x0, y0 = inputs.train_images(jax.random.key(0), {"index": index}, a)
-    x1, y1 = inputs.train_images(jax.random.key(1), {"index": index}, a)
+    x0, y0 = inputs.train_images(jax.random.key(0), {"index": index, "held": a})
+    x1, y1 = inputs.train_images(jax.random.key(1), {"index": index, "held": a})
     unaugmented = (a["train_images"][index].astype(jnp.float32) - a["mean"]) / a["std"]
     np.testing.assert_array_equal(y0, y1)
     assert not np.allclose(x0, x1) and not np.allclose(x0, unaugmented)
-    images, _, _ = inputs.eval_images({"index": index, "mask": np.ones(8, bool)}, a)
+    images, _, _ = inputs.eval_images({"index": index, "mask": np.ones(8, bool), "held": a})
     np.testing.assert_allclose(images, (a["eval_images"][index].astype(jnp.float32) - a["mean"]) / a["std"])
 
 
 def test_nan_scores_count_as_errors():
     """A diverged model's NaN logits are wrong at top-1 and top-5, not right (NaN compares false)."""
     scores = jnp.array([[0.0, 1.0, 2.0], [jnp.nan, jnp.nan, jnp.nan], [3.0, jnp.nan, 0.0]])
-    top1, top5 = train.topk_errors(scores, jnp.array([2, 0, 0]))
+    top1, top5 = topk_errors(scores, jnp.array([2, 0, 0]))
     np.testing.assert_array_equal(top1, [0.0, 1.0, 1.0])
     np.testing.assert_array_equal(top5, [0.0, 1.0, 1.0])
 
@@ -197,7 +197,7 @@ def test_nan_scores_count_as_errors():
 def test_ties_with_the_label_count_as_errors():
     """A constant classifier is wrong everywhere (a tie used to count for the label: 0% error)."""
     scores = jnp.zeros((2, 10)).at[1, 3].set(1.0).at[1, 4].set(1.0)  # row 1: classes 3 and 4 tie on top
-    top1, top5 = train.topk_errors(scores, jnp.array([0, 3]))
+    top1, top5 = topk_errors(scores, jnp.array([0, 3]))
     np.testing.assert_array_equal(top1, [1.0, 1.0])
     np.testing.assert_array_equal(top5, [1.0, 0.0])
 
@@ -208,12 +208,10 @@ def test_ten_crop_eval_averages_softmax_over_crops():
     variables = model.init(jax.random.key(1), x[:, 0])
     state = train.TrainState(jnp.int32(0), variables["params"], variables["batch_stats"], None, None)
     labels = jnp.array([1, 2, 3])
-    inputs = train.Inputs(
-        0, 0, 10, (32, 32, 3), {}, None, None, None, lambda b, a: (b["x"], labels, b["m"]), False
+    inputs = Inputs(
+        0, 0, 10, (32, 32, 3), False, None, {}, None, None, None, lambda b: (b["x"], labels, b["m"])
     )
-    sums = train.eval_step(
-        state, {"x": x, "m": jnp.array([True, True, False])}, {}, model=model, inputs=inputs
-    )
+    sums = train.eval_step(state, {"x": x, "m": jnp.array([True, True, False])}, model=model, inputs=inputs)
     probs = jnp.stack([jax.nn.softmax(model.apply(variables, x[:, c])) for c in range(2)]).mean(0)
     expected = -jnp.log(probs[jnp.arange(3), labels])[:2].sum()
     assert float(sums["count"]) == 2
@@ -274,14 +272,18 @@ def test_sgd_is_torch_style_so_a_new_lr_applies_at_once():
 
 def test_nonfinite_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path):
     cfg = tiny_config(**{"schedule.base_lr": 1e30, "num_train_steps": 8, "eval_every_steps": 8})
-    with pytest.raises(train.TrainingError, match=r"non-finite loss at step \d+; last good checkpoint: step"):
+    with pytest.raises(
+        config.TrainingError, match=r"non-finite loss at step \d+; last good checkpoint: step"
+    ):
         train.train_and_evaluate(cfg, str(tmp_path))
 
 
 def test_a_nonfinite_state_is_not_evaluated_between_log_steps(tmp_path):
     """Evaluations off the log grid check the steps since the last log first (nan_policy "stop")."""
     cfg = tiny_config(**{"schedule.base_lr": 1e30, "log_every_steps": 4, "eval_every_steps": 1})
-    with pytest.raises(train.TrainingError, match=r"non-finite loss at step 1; last good checkpoint: step 1"):
+    with pytest.raises(
+        config.TrainingError, match=r"non-finite loss at step 1; last good checkpoint: step 1"
+    ):
         train.train_and_evaluate(cfg, str(tmp_path))
     assert [r["step"] for r in read_metrics(tmp_path) if "eval/loss" in r] == [1]
 
@@ -326,14 +328,14 @@ def test_steps_per_call_off_the_checkpoint_step_is_refused(tmp_path):
     """A checkpoint at step 3 resumed at 2 steps per call used to run on to step 5 of a 4-step run."""
     first = {"num_train_steps": 3, "log_every_steps": 1, "eval_every_steps": 3, "checkpoint_every_steps": 1}
     train.train_and_evaluate(tiny_config(**first), str(tmp_path))
-    with pytest.raises(train.ConfigError, match="at step 3, not a multiple of steps_per_call"):
+    with pytest.raises(config.ConfigError, match="at step 3, not a multiple of steps_per_call"):
         train.train_and_evaluate(tiny_config(steps_per_call=2), str(tmp_path))
     assert checkpoint_steps(tmp_path)[-1] == 3
 
 
 def test_batch_sharding_layout():
     mesh = mesh_of(8)
-    batch = train.to_global({"index": np.arange(16, dtype=np.int32)}, mesh, True)
+    batch = to_global({"index": np.arange(16, dtype=np.int32)}, mesh, True)
     assert batch["index"].sharding == NamedSharding(mesh, P("data"))
     assert os.environ["XLA_FLAGS"].endswith("8")
 

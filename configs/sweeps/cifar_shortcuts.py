@@ -21,5 +21,5 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     return [
         experiments.sweep_point(f"resnet{d}-{s}", f"configs/cifar10.py:resnet{d},{s}", rest)
         for d in depths
-        for s in experiments.SHORTCUTS
+        for s in experiments.SHORTCUT_OPTIONS
     ]

@@ -12,7 +12,7 @@ Expected time on one H200 -- ESTIMATE from the configs' FLOP-scaled figures:
 plain 2.7 + 5.5 h, ResNet 2.7 + 5.5 + 5.8 + 11.5 + 17.2 h = ~51 h.
 """
 
-from resnet_jax import experiments
+from resnet_jax import config, experiments
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
@@ -20,5 +20,5 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     points = [experiments.sweep_point(f"plain{d}", f"configs/imagenet_plain{d}.py", arg) for d in (18, 34)]
     return points + [
         experiments.sweep_point(f"resnet{d}", f"configs/imagenet_r{d}.py", arg)
-        for d in experiments.IMAGENET_DEPTHS
+        for d in config.IMAGENET_DEPTHS
     ]

@@ -18,5 +18,5 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     points = [experiments.sweep_point("plain34", "configs/imagenet_plain34.py", arg)]
     return points + [
         experiments.sweep_point(f"resnet34-{s}", f"configs/imagenet_r34.py:{s}", arg)
-        for s in experiments.SHORTCUTS
+        for s in experiments.SHORTCUT_OPTIONS
     ]

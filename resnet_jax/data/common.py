@@ -1,24 +1,22 @@
-"""What every data source shares: the error class, the in-memory dataset record, config lookups."""
+"""What every data source shares: the error class, the device-held dataset record, the decoded-array cache.
+
+NumPy only: importing this (and the data package) never pulls in JAX or TensorFlow.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import pathlib
-from typing import Any
 
+import ml_collections
 import numpy as np
 
-IN_MEMORY_NAMES = ("cifar10", "cifar100", "image_folder", "synthetic")
-CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
-
-
-class DataError(ValueError):
-    """A data mistake (unknown name, missing or malformed dataset), stated in one sentence."""
+from resnet_jax.config import DataError
 
 
 @dataclasses.dataclass
-class InMemoryData:
+class DeviceHeldData:
     """A small dataset held whole in host memory, to be put on the devices once as uint8."""
 
     train_images: np.ndarray  # uint8 [N, H, W, 3]
@@ -33,21 +31,9 @@ class InMemoryData:
     eval_split: str = "test"  # "test", or "val" when data.val_split holds out training images
 
 
-def get(cfg: Any, key: str, default: Any) -> Any:
-    """cfg.key for a ConfigDict, a dict or any object, else `default`."""
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def is_in_memory(cfg_data: Any) -> bool:
-    """True when the dataset is held whole on the devices (CIFAR, image folders, synthetic)."""
-    return bool(get(cfg_data, "path", "")) or get(cfg_data, "name", "") in IN_MEMORY_NAMES
-
-
-def cache_dir(cfg_data: Any) -> pathlib.Path:
+def cache_dir(cfg_data: ml_collections.ConfigDict) -> pathlib.Path:
     """Where decoded arrays are cached: data.cache_dir, else $RESNET_JAX_CACHE, else ~/.cache/resnet_jax."""
-    d = get(cfg_data, "cache_dir", "") or os.environ.get("RESNET_JAX_CACHE", "")
+    d = cfg_data.cache_dir or os.environ.get("RESNET_JAX_CACHE", "")
     return pathlib.Path(d).expanduser() if d else pathlib.Path.home() / ".cache" / "resnet_jax"
 
 

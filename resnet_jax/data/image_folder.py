@@ -1,7 +1,8 @@
 """Image folders laid out <split>/<class>/<image>, as a directory or a .tar/.tar.gz: decoded with Pillow.
 
-No TensorFlow is needed. Decoded uint8 arrays are cached as .npz under the cache directory, keyed by a
-hash of the source (the archive's sha256, or a directory's file names, sizes and mtimes).
+Host-side listing, decoding and caching only (no JAX, no TensorFlow). Decoded uint8 arrays are cached as
+.npz under the cache directory, keyed by a hash of the source (the archive's sha256, or a directory's file
+names, sizes and mtimes).
 """
 
 from __future__ import annotations
@@ -259,6 +260,21 @@ def cached_meta(path: str | os.PathLike, cache_dir: pathlib.Path) -> dict | None
     cached = find_cache(path, cache_dir)
     meta = cached.with_suffix(".json") if cached else None
     return json.loads(meta.read_text()) if meta and meta.exists() else None
+
+
+def meta(path: str | os.PathLike, cache_dir: pathlib.Path) -> dict:
+    """{"num_train", "num_test", "num_classes", "image_shape"}: from the cache's record, else from a listing
+    and one decoded image."""
+    cached = cached_meta(path, cache_dir)
+    if cached is not None:
+        return cached
+    index = index_folder(path)
+    return {
+        "num_train": len(index.files["train"]),
+        "num_test": len(index.files["test"]),
+        "num_classes": len(index.class_names),
+        "image_shape": decode_folder_image(index, index.files["train"][0][0]).shape,
+    }
 
 
 def decode_folder_image(index: FolderIndex, name: str) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""The paper's model zoo: `create(family, depth, shortcut, ...)` returns a flax.linen Module.
+"""The paper's model zoo: `create(family, depth, shortcut, ...)` or `build(options)` returns a flax Module.
+
+Models know nothing of configs beyond the ModelOptions record, nor of data or training.
 
 model = models.create(family="cifar", depth=110, shortcut="A", num_classes=10)
 variables = model.init(rng, images_nhwc)                 # {"params", "batch_stats"}
@@ -8,6 +10,7 @@ variables = models.load_torch_state_dict(model, torch_model.state_dict())  # PyT
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -15,85 +18,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.models.blocks import SHORTCUTS
+from resnet_jax.config import ModelError, ModelOptions
 from resnet_jax.models.nets import IMAGENET_STAGES, ResNet
 from resnet_jax.models.torch_weights import load_torch_state_dict as load_torch_state_dict
 
-FAMILIES = ("cifar", "imagenet")
-CIFAR_DEPTHS_NAMED = (20, 32, 44, 56, 110, 1202)
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+__all__ = ["IMAGENET_STAGES", "ResNet", "build", "create", "init_variables", "load_torch_state_dict"]
 
 
-class ModelError(ValueError):
-    """An invalid model specification; the message is one sentence saying what is valid."""
-
-
-def validate(
-    family: str, depth: int, shortcut: str = "A", stride_on: str = "1x1", init: str = "fan_in"
-) -> None:
-    """Raise ModelError with one sentence if the combination is not in the zoo."""
-    if family not in FAMILIES:
-        raise ModelError(f"model family must be one of {', '.join(FAMILIES)}; got {family!r}")
-    if family == "cifar" and (not isinstance(depth, int) or depth < 8 or (depth - 2) % 6):
-        named = ", ".join(map(str, CIFAR_DEPTHS_NAMED))
-        raise ModelError(f"CIFAR depth must be 6n+2 ({named}, ...); got {depth}")
-    if family == "imagenet" and depth not in IMAGENET_STAGES:
-        valid = ", ".join(map(str, IMAGENET_STAGES))
-        raise ModelError(f"ImageNet depth must be one of {valid}; got {depth}")
-    if shortcut not in SHORTCUTS:
-        raise ModelError(f"shortcut must be one of {', '.join(SHORTCUTS)}; got {shortcut!r}")
-    if stride_on not in ("1x1", "3x3"):
-        raise ModelError(f"stride_on must be '1x1' (paper, v1) or '3x3' (v1.5); got {stride_on!r}")
-    if init not in ("fan_in", "fan_out"):
-        raise ModelError(f"init must be 'fan_in' (paper) or 'fan_out' (torchvision); got {init!r}")
+def build(options: ModelOptions, num_classes: int) -> ResNet:
+    """The net of `options` (a run's: `config.model_options(cfg, num_devices)`) with `num_classes` outputs."""
+    return ResNet(options, num_classes)
 
 
 def create(
-    family: str = "cifar",
-    depth: int = 20,
-    shortcut: str = "A",
-    num_classes: int = 10,
-    *,
-    dtype: Any = jnp.float32,
-    scan_blocks: bool = False,
-    scan_unroll: int = 1,
-    remat: bool = False,
-    stride_on: str = "1x1",
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
-    bn_group_size: int = 0,
-    zero_init_residual: bool = False,
-    init: str = "fan_in",
-    stem_channels: int = 0,
-) -> ResNet:
-    """The ResNet of the given family and depth (see the module docstring)."""
-    validate(family, depth, shortcut, stride_on, init)
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ModelError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-        dtype = DTYPES[dtype]
-    if family == "cifar":
-        n = (depth - 2) // 6
-        arch = dict(stem="cifar", block="basic", stage_sizes=(n, n, n), widths=(16, 32, 64))
-    else:
-        block, sizes = IMAGENET_STAGES[depth]
-        arch = dict(stem="imagenet", block=block, stage_sizes=sizes, widths=(64, 128, 256, 512))
-    return ResNet(
-        **arch,
-        num_classes=num_classes,
-        shortcut=shortcut,
-        stride_on=stride_on,
-        dtype=dtype,
-        scan_blocks=scan_blocks,
-        scan_unroll=scan_unroll,
-        remat=remat,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
-        bn_group_size=bn_group_size,
-        zero_init_residual=zero_init_residual,
-        init_mode=init,
-        stem_channels=stem_channels,
+    family: str = "cifar", depth: int = 20, shortcut: str = "A", num_classes: int = 10, **options: Any
+):
+    """The ResNet of the given family and depth; `options` are ModelOptions fields by their config names
+    (dtype as a name or a jnp dtype, bn_group_size > 0 for ghost BN). Raises ModelError (one sentence)."""
+    dtype = options.pop("dtype", "float32")
+    if not isinstance(dtype, str):
+        dtype = jnp.dtype(dtype).name
+    if options.get("bn_group_size") and "bn" not in options:
+        options["bn"] = "ghost"
+    unknown = set(options) - {f.name for f in dataclasses.fields(ModelOptions)}
+    if unknown:
+        raise ModelError(f"unknown model option(s) {', '.join(sorted(unknown))}; see config.ModelOptions")
+    return build(
+        ModelOptions(family=family, depth=depth, shortcut=shortcut, dtype=dtype, **options), num_classes
     )
+
+
+def init_variables(model: ResNet, seed: int, image_shape: tuple[int, ...]) -> dict:
+    """{"params", "batch_stats"} of a freshly initialised net: a pure function of `seed` (call under jit)."""
+    # rbg keys make the init cheap to compile.
+    variables = model.init(jax.random.key(seed, impl="rbg"), jnp.zeros((1, *image_shape), jnp.float32))
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def count_params(params: Any) -> int:

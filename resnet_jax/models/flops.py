@@ -43,8 +43,11 @@ def trace(model: nn.Module, image_size: int) -> tuple[list[Layer], dict]:
     """Every conv and dense call of `model` on one `image_size`^2 RGB image, in call order, and the
     variables' shapes. The model is traced unrolled and with the plain stem: scan, remat and the
     channel-padded stem (`stem_channels`, the same function) do not change the count."""
-    plain = dict(scan_blocks=False, remat=False, stem_channels=0)
-    unrolled = model.clone(**plain) if hasattr(model, "scan_blocks") else model
+    unrolled = (
+        model.with_options(scan_blocks=False, remat=False, stem_channels=0)
+        if hasattr(model, "options")
+        else model
+    )
     layers: list[Layer] = []
 
     def interceptor(next_fun, args, kwargs, context):

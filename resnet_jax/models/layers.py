@@ -1,4 +1,7 @@
-"""Convolution, batch normalisation and shortcut layers (paper section 3.3)."""
+"""Convolution, batch normalisation and shortcut layers (paper section 3.3).
+
+Plain values in, flax modules or arrays out: layers know nothing of blocks, nets or configs.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.config import DTYPES as DTYPE_NAMES
+
 Dtype = Any
+DTYPES = {name: jnp.dtype(name) for name in DTYPE_NAMES}  # ModelOptions.dtype -> the compute dtype
 
 
 def he_normal(mode: str = "fan_in") -> nn.initializers.Initializer:
@@ -46,7 +52,7 @@ class ChannelPaddedConv(nn.Module):
     strides: int
     in_channels: int
     dtype: Dtype
-    init_mode: str
+    init_mode: str  # He-normal mode ("init" is a flax Module method)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -75,7 +75,7 @@ def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 def expected_torch_keys(model: Any) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     """torch key -> (flax (collection, *path), torch shape) for every variable of the unrolled `model`."""
-    unrolled = model.clone(scan_blocks=False, remat=False)
+    unrolled = model.with_options(scan_blocks=False, remat=False)
     size = 32 if model.stem == "cifar" else 64
     shapes = jax.eval_shape(lambda: unrolled.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
     out = {}
@@ -110,7 +110,7 @@ def load_torch_state_dict(model: Any, state_dict: Mapping[str, Any]) -> dict[str
             raise ValueError(f"state_dict key {key!r} has shape {value.shape}; the model expects {shape}")
         flat[path] = jnp.asarray(_to_flax(value, path[-1], value.ndim))
     variables = traverse_util.unflatten_dict(flat)
-    if model.scan_blocks:
+    if model.options.scan_blocks:
         from resnet_jax.models import convert_variables
 
         variables = convert_variables(variables, to_scan=True)

@@ -1,5 +1,7 @@
 """ImageNet (and any TFDS image-classification dataset) streamed with tf.data, one pipeline per process.
 
+Host batches of decoded, augmented, normalised images; what the devices do with them is inputs.py's.
+
 Training ("paper", section 3.4): shorter side resized to a random length in [256, 480], random 224 crop,
 horizontal flip, mean subtraction, AlexNet PCA colour noise (std 0.1). "inception": random resized crop
 (area [0.08, 1], aspect [3/4, 4/3]) and flip. Both are fused into the JPEG decode
@@ -15,14 +17,16 @@ TensorFlow version. Epochs have S = num_train // global_batch steps; the remaind
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
 
+import ml_collections
 import numpy as np
 
-from resnet_jax.data.common import DataError, get
+from resnet_jax import config
+from resnet_jax.data.common import DataError
+from resnet_jax.data.tfds_meta import spans, tf_module, tfds_builder
 
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
@@ -33,115 +37,6 @@ PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, 
 PCA_STD = 0.1
 PAPER_SCALES = (256, 480)
 EVAL_RESIZE = 256  # shorter side for evaluation, at image_size 224 (scaled with image_size)
-
-_tf_module = None
-
-
-def tf_module():
-    """TensorFlow, imported on first use and kept off the GPUs (they belong to JAX)."""
-    global _tf_module
-    if _tf_module is None:
-        import tensorflow as tf
-
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except (RuntimeError, ValueError):  # already initialised: nothing more to hide
-            pass
-        _tf_module = tf
-    return _tf_module
-
-
-def _manual_error(name: str, data_dir: str) -> DataError:
-    d = data_dir or "~/tensorflow_datasets"
-    if name == "imagenet2012":
-        return DataError(
-            f"imagenet2012 is not prepared in {d}: download ILSVRC2012_img_train.tar and "
-            "ILSVRC2012_img_val.tar from https://image-net.org into a directory MANUAL and run "
-            f"`tfds build imagenet2012 --data_dir={d} --manual_dir=MANUAL` (see docs/data.md)."
-        )
-    return DataError(
-        f"{name} is not prepared in {d} and needs a manual download: put its files in a directory "
-        f"MANUAL and run `tfds build {name} --data_dir={d} --manual_dir=MANUAL`."
-    )
-
-
-def tfds_builder(name: str, tfds_dir: str = "", allow_download: bool = False):
-    """The TFDS builder of `name`, prepared (downloading it only when allowed and possible)."""
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=tfds_dir or None)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise DataError(
-            f"unknown dataset {name!r}: use cifar10, cifar100, image_folder, synthetic or a TFDS name."
-        ) from e
-    if builder.is_prepared():
-        return builder
-    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
-        raise _manual_error(name, tfds_dir)
-    if not allow_download:
-        return builder
-    try:
-        builder.download_and_prepare()
-    except Exception as e:  # offline, or the source is gone
-        d = tfds_dir or "~/tensorflow_datasets"
-        raise DataError(
-            f"{name} is not in {d} and could not be downloaded ({type(e).__name__}): "
-            f"run `tfds build {name} --data_dir={d}` on a machine with internet access, "
-            "or point --config.data.path at a local <split>/<class>/<image> folder or tar."
-        ) from e
-    return builder
-
-
-def tfds_numpy(builder, split: str) -> dict[str, np.ndarray]:
-    """A whole split's images and labels as numpy arrays."""
-    import tensorflow_datasets as tfds
-
-    tf_module()
-    ds = builder.as_dataset(split=split).map(lambda ex: {"image": ex["image"], "label": ex["label"]})
-    chunks = list(tfds.as_numpy(ds.batch(10_000)))
-    return {k: np.concatenate([c[k] for c in chunks]) for k in ("image", "label")}
-
-
-# ---- Splits: which examples train, which evaluate, and each process's part. ----
-
-
-@dataclasses.dataclass(frozen=True)
-class Span:
-    """Examples [start, stop) of a TFDS split."""
-
-    split: str
-    start: int
-    stop: int
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def part(self, index: int, count: int, equal: bool) -> str:
-        """Process `index` of `count`'s slice: equal sizes (dropping the rest) or covering every example."""
-        if equal:
-            m = len(self) // count
-            a, b = index * m, (index + 1) * m
-        else:
-            a, b = index * len(self) // count, (index + 1) * len(self) // count
-        return f"{self.split}[{self.start + a}:{self.start + b}]"
-
-
-def spans(builder, cfg_data: Any) -> tuple[Span, Span]:
-    """(train, eval) spans: data.val_split > 0 holds out the last val_split training examples."""
-    splits = builder.info.splits
-    if "train" not in splits:
-        raise DataError(f"{builder.name} has no 'train' split.")
-    n_train = splits["train"].num_examples
-    val = int(get(cfg_data, "val_split", 0))
-    if val:
-        if not 0 < val < n_train:
-            raise DataError(f"data.val_split must be in [0, {n_train}) for {builder.name}, not {val}.")
-        return Span("train", 0, n_train - val), Span("train", n_train - val, n_train)
-    eval_split = next((s for s in ("validation", "test") if s in splits), None)
-    if eval_split is None:
-        raise DataError(f"{builder.name} has neither a 'validation' nor a 'test' split: set data.val_split.")
-    return Span("train", 0, n_train), Span(eval_split, 0, splits[eval_split].num_examples)
 
 
 def _local_batch(global_batch_size: int) -> tuple[int, int, int]:
@@ -299,7 +194,7 @@ def _tf_dtype(tf, dtype: Any):
 
 def train_epoch_dataset(
     builder,
-    cfg_data: Any,
+    cfg_data: ml_collections.ConfigDict,
     split: str,
     local_batch: int,
     steps: int,
@@ -312,8 +207,8 @@ def train_epoch_dataset(
     """tf.data pipeline of one epoch's batches [skip, steps) of this process (deterministic in its seeds)."""
     tf = tf_module()
     file_seed, shuffle_seed, aug_seed = _seeds(seed, epoch, process)
-    augment, size = get(cfg_data, "augment", "paper"), int(get(cfg_data, "image_size", 224))
-    mode, out_dtype = get(cfg_data, "mean", "pixel"), _tf_dtype(tf, dtype)
+    augment, size = cfg_data.augment, int(cfg_data.image_size)
+    mode, out_dtype = cfg_data.mean, _tf_dtype(tf, dtype)
 
     def prepare(i, example):
         seed_pair = tf.stack([tf.constant(aug_seed, tf.int64), i])
@@ -321,22 +216,24 @@ def train_epoch_dataset(
         return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
     ds = _as_dataset(builder, split, file_seed).enumerate()
-    ds = ds.shuffle(int(get(cfg_data, "shuffle_buffer", 16_384)), seed=shuffle_seed)
+    ds = ds.shuffle(int(cfg_data.shuffle_buffer), seed=shuffle_seed)
     ds = ds.skip(skip * local_batch).take((steps - skip) * local_batch)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def train_iterator(
-    cfg_data: Any, global_batch_size: int, seed: int, start_step: int = 0, dtype: Any = "float32"
+    cfg_data: ml_collections.ConfigDict,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    dtype: Any = "float32",
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's training batches from global step `start_step` on, forever (see the module notes)."""
     local_batch, index, count = _local_batch(global_batch_size)
-    builder = tfds_builder(get(cfg_data, "name", ""), get(cfg_data, "tfds_dir", ""), allow_download=True)
+    builder = tfds_builder(cfg_data.name, cfg_data.tfds_dir, allow_download=True)
     train, _ = spans(builder, cfg_data)
-    steps = len(train) // global_batch_size
-    if steps == 0:
-        raise DataError(f"batch size {global_batch_size} exceeds the {len(train)} training examples.")
+    steps = config.steps_per_epoch(len(train), global_batch_size)
     epoch, skip = divmod(int(start_step), steps)
     split = train.part(index, count, equal=True)
     while True:
@@ -353,17 +250,15 @@ def eval_batches(num_examples: int, global_batch_size: int, process_count: int) 
 
 
 def eval_iterator(
-    cfg_data: Any, global_batch_size: int, dtype: Any = "float32"
+    cfg_data: ml_collections.ConfigDict, global_batch_size: int, dtype: Any = "float32"
 ) -> Iterator[dict[str, np.ndarray]]:
     """Every evaluation example once, in this process's part; the last batches padded, with a mask."""
     tf = tf_module()
     local_batch, index, count = _local_batch(global_batch_size)
-    builder = tfds_builder(get(cfg_data, "name", ""), get(cfg_data, "tfds_dir", ""), allow_download=True)
+    builder = tfds_builder(cfg_data.name, cfg_data.tfds_dir, allow_download=True)
     _, span = spans(builder, cfg_data)
-    size, mode = int(get(cfg_data, "image_size", 224)), get(cfg_data, "mean", "pixel")
-    crop, out_dtype = get(cfg_data, "eval_crop", "center"), _tf_dtype(tf, dtype)
-    if crop not in ("center", "ten"):
-        raise DataError(f"data.eval_crop must be 'center' or 'ten', not {crop!r}.")
+    size, mode = int(cfg_data.image_size), cfg_data.mean
+    crop, out_dtype = cfg_data.eval_crop, _tf_dtype(tf, dtype)
     preprocess = center_preprocess if crop == "center" else ten_crop_preprocess
     shape = [size, size, 3] if crop == "center" else [10, size, size, 3]
 
@@ -377,27 +272,3 @@ def eval_iterator(
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(num)
     yield from ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
-
-
-def prepared_splits(builder):
-    """The builder's splits, or a DataError when the dataset is not built yet."""
-    if not builder.info.splits:
-        raise DataError(
-            f"{builder.name} is not prepared yet: its first load downloads it, or run `tfds build`."
-        )
-    return builder.info.splits
-
-
-def info(cfg_data: Any) -> dict:
-    """Counts and shapes from the TFDS metadata (no examples are read)."""
-    builder = tfds_builder(get(cfg_data, "name", ""), get(cfg_data, "tfds_dir", ""))
-    prepared_splits(builder)
-    train, evaluation = spans(builder, cfg_data)
-    size = int(get(cfg_data, "image_size", 224))
-    classes = int(get(cfg_data, "num_classes", 0)) or builder.info.features["label"].num_classes
-    return {
-        "num_train": len(train),
-        "num_eval": len(evaluation),
-        "num_classes": classes,
-        "image_shape": (size, size, 3),
-    }

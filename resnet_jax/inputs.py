@@ -1,0 +1,182 @@
+"""Input feeding: the device mesh, and every batch as arrays sharded over it, from either kind of source.
+
+Device-held data (CIFAR, image folders, synthetic) lives replicated on the devices: each step sends only
+its batch's indices, and the images are gathered, augmented and normalised inside the jitted step.
+Streamed data (TFDS through tf.data) sends the images. `Inputs` hides the difference from the steps and
+the loop; it knows nothing of the model, the optimizer or checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax import config
+from resnet_jax.data import device_held, streamed, tfds_meta
+
+
+def create_mesh() -> Mesh:
+    """A 1-D mesh over every device of every process, axis `data` (Auto axis types)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def augment_key(seed: int) -> jax.Array:
+    """The run's augmentation key as raw key data (uint32[2]): step s augments with fold_in(key, s)."""
+    return jax.random.key_data(jax.random.key(seed + 1))
+
+
+def eval_batch_size(cfg: ml_collections.ConfigDict, num_devices: int) -> int:
+    """The evaluation batch, rounded up to a multiple of the device count."""
+    b = cfg.data.eval_batch_size or cfg.batch_size
+    return -(-b // num_devices) * num_devices
+
+
+def to_global(batch: dict, mesh: Mesh, device_held: bool, batch_axis: int = 0) -> dict:
+    """Host batch -> arrays sharded over `data` along `batch_axis`.
+
+    Device-held inputs: every process computes the same global index batch and each device takes its
+    own slice of it, wherever the mesh puts the process's devices (a TPU mesh may interleave hosts).
+    Streamed inputs: each process already holds only its own examples.
+    """
+    sharding = NamedSharding(mesh, P(*([None] * batch_axis), "data"))
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if device_held and jax.process_count() > 1:
+            out[key] = jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index])
+        else:
+            out[key] = jax.make_array_from_process_local_data(sharding, value)
+    return out
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Where batches come from, and the jit-side functions that turn a device batch into images.
+
+    A device batch is a dict of arrays sharded over the mesh; for device-held data it also carries the
+    held arrays under "held" (replicated, never copied), so a step needs nothing besides its batch.
+    """
+
+    num_train: int
+    num_eval: int
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    device_held: bool
+    mesh: Mesh
+    held: dict  # replicated device arrays the steps read (empty for streamed data)
+    host_train: Callable[[int], Iterator[dict]]  # start step -> host batches, one per step
+    host_eval: Callable[[], Iterator[dict]]  # host batches covering the eval split once, with a mask
+    train_images: Callable  # (rng, device batch) -> (images, labels), inside jit
+    eval_images: Callable  # (device batch) -> (images, labels, mask), inside jit
+
+    def device_batch(self, host: dict, batch_axis: int = 0) -> dict:
+        """A host batch as the steps take it: sharded over `data`, plus the held arrays."""
+        batch = to_global(host, self.mesh, self.device_held, batch_axis)
+        return {**batch, "held": self.held} if self.device_held else batch
+
+    def train_batches(self, start_step: int, steps_per_call: int = 1) -> Iterator[dict]:
+        """Device batches for the calls from `start_step` on; steps_per_call > 1 stacks that many
+        steps' batches along a leading axis (the batch axis is sharded)."""
+        host = self.host_train(start_step)
+        while True:
+            if steps_per_call == 1:
+                yield self.device_batch(next(host))
+            else:
+                group = [next(host) for _ in range(steps_per_call)]
+                yield self.device_batch({key: np.stack([b[key] for b in group]) for key in group[0]}, 1)
+
+    def eval_batches(self) -> Iterator[dict]:
+        """Device batches covering the evaluation split once (padding masked out)."""
+        for host in self.host_eval():
+            yield self.device_batch(host)
+
+
+def create(cfg: ml_collections.ConfigDict, mesh: Mesh, dtype: Any) -> Inputs:
+    """The run's inputs; the dataset was checked (data.validate) before."""
+    return (device_held_inputs if config.is_device_held(cfg.data) else streamed_inputs)(cfg, mesh, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device-held data: a whole small dataset on the devices (uint8, replicated), augmented inside the step.
+
+
+def held_train_images(
+    rng: jax.Array, batch: dict, *, augment: bool, dtype: Any
+) -> tuple[jax.Array, jax.Array]:
+    """Gather the batch's examples from the held uint8 images, pad-crop-flip (real data only), normalise."""
+    held = batch["held"]
+    images = held["train_images"][batch["index"]]
+    if augment:
+        images = device_held.augment_cifar(rng, images)
+    return device_held.normalize(images, held["mean"], held["std"], dtype), held["train_labels"][
+        batch["index"]
+    ]
+
+
+def held_eval_images(batch: dict, *, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    held = batch["held"]
+    images = device_held.normalize(held["eval_images"][batch["index"]], held["mean"], held["std"], dtype)
+    return images, held["eval_labels"][batch["index"]], batch["mask"]
+
+
+def device_held_inputs(cfg: ml_collections.ConfigDict, mesh: Mesh, dtype: Any) -> Inputs:
+    """Put a whole small dataset on the devices; each step's host batch is its example indices."""
+    ds = device_held.load(cfg.data, cfg.seed, cfg.batch_size)
+    replicated = NamedSharding(mesh, P())
+    held = {
+        "train_images": ds.train_images,
+        "train_labels": ds.train_labels.astype(np.int32),
+        "eval_images": ds.eval_images,
+        "eval_labels": ds.eval_labels.astype(np.int32),
+        "mean": np.asarray(ds.mean, np.float32),
+        "std": np.asarray(ds.std, np.float32),
+    }
+    held = {key: jax.device_put(value, replicated) for key, value in held.items()}
+    n, m = len(ds.train_labels), len(ds.eval_labels)
+    batch, eval_batch = cfg.batch_size, eval_batch_size(cfg, mesh.devices.size)
+
+    def host_train(start: int) -> Iterator[dict]:
+        for step in range(start, 2**62):
+            yield {"index": device_held.train_batch_indices(cfg.seed, step, batch, n)}
+
+    def host_eval() -> Iterator[dict]:
+        for lo in range(0, m, eval_batch):
+            idx = np.arange(lo, lo + eval_batch)
+            yield {"index": np.minimum(idx, m - 1).astype(np.int32), "mask": idx < m}
+
+    return Inputs(
+        n, m, ds.num_classes, tuple(ds.train_images.shape[1:]), True, mesh, held, host_train, host_eval,
+        functools.partial(held_train_images, augment=ds.name != "synthetic", dtype=dtype),
+        functools.partial(held_eval_images, dtype=dtype),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Streamed data: each process reads its own part of every batch through tf.data.
+
+
+def streamed_inputs(cfg: ml_collections.ConfigDict, mesh: Mesh, dtype: Any) -> Inputs:
+    """TFDS through tf.data on the host: each process reads its own part of every batch."""
+    info = tfds_meta.info(cfg.data)
+    eval_batch = eval_batch_size(cfg, mesh.devices.size)
+
+    def train_images(rng, b):
+        return b["image"].astype(dtype), b["label"]
+
+    def eval_images(b):
+        return b["image"].astype(dtype), b["label"], b["mask"]
+
+    return Inputs(
+        info["num_train"], info["num_eval"], info["num_classes"], tuple(info["image_shape"]), False, mesh, {},
+        lambda start: streamed.train_iterator(cfg.data, cfg.batch_size, cfg.seed, start, dtype=dtype),
+        lambda: streamed.eval_iterator(cfg.data, eval_batch, dtype=dtype),
+        train_images, eval_images,
+    )  # fmt: skip
