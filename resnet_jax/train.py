@@ -30,8 +30,8 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from resnet_jax import cluster, models, optim
 from resnet_jax import data as data_lib
-from resnet_jax import models, optim
 from resnet_jax.metrics import MetricWriter, ProgressClock, is_remote, write_whole
 
 
@@ -820,8 +820,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.console(
             f"{cfg.model.family} ResNet-{cfg.model.depth} ({cfg.model.shortcut}), {params_count:,} params, "
             f"{inputs.num_train:,} train / {inputs.num_eval:,} eval images, {total_steps:,} steps "
-            f"({total_steps / steps_per_epoch:.1f} epochs) at batch {cfg.batch_size} on {num_devices} "
-            f"{jax.devices()[0].device_kind} device(s), {jnp.dtype(run.dtype).name}"
+            f"({total_steps / steps_per_epoch:.1f} epochs) at batch {cfg.batch_size} on "
+            f"{cluster.describe()}, {jnp.dtype(run.dtype).name}"
             + (f"; resuming from step {start_step}" if start_step else "")
         )
 
