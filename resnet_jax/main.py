@@ -1,13 +1,12 @@
 """Train a ResNet: `python -m resnet_jax.main --config=configs/cifar10.py:resnet20 --workdir=runs/r20`.
 
 Rerunning the same command resumes from the workdir's latest checkpoint. Override any config key
-with `--config.key=value`. Multi-host runs (TPU pod slices, SLURM, or explicit coordinator flags)
-call `jax.distributed.initialize()` before anything touches the devices.
+with `--config.key=value`. The processes of a multi-host run (TPU VM slices, GKE, SLURM, Open MPI, or
+explicit coordinator flags) join in resnet_jax.cluster before anything touches the devices.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -37,40 +36,6 @@ def eval_set_name(cfg_data) -> str:
     if cfg_data.val_split > 0:
         return "held-out validation"
     return "test" if config.is_device_held(cfg_data) else "validation"
-
-
-def multi_process_environment() -> bool:
-    """True in a SLURM job step of several tasks (srun) or on a multi-host TPU slice, where jax finds its
-    peers itself. A single process in a multi-task allocation (sbatch/salloc, no srun) is one process."""
-    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
-        return True
-    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-
-
-def initialize_distributed() -> None:
-    """jax.distributed.initialize() for a multi-process run: any of the three flags, or the environment."""
-    import jax
-
-    explicit = FLAGS.coordinator_address or FLAGS.num_processes is not None or FLAGS.process_id is not None
-    if not explicit and not multi_process_environment():
-        return
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only affects CPU devices
-    try:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
-        )
-    except ValueError as e:  # a flag missing or out of range (jax's one sentence)
-        if FLAGS.verbose:
-            raise
-        print(
-            f"error: cannot start a multi-process run ({str(e).rstrip('.')}); give --coordinator_address="
-            "<host:port of process 0>, --num_processes and --process_id, or none of them for one process",
-            file=sys.stderr,
-        )
-        sys.exit(USAGE_EXIT)
 
 
 def flag_error(e: Exception, argv: Sequence[str] = ()) -> str:
@@ -118,7 +83,17 @@ def main(argv: list[str]) -> None:
         sys.exit(USAGE_EXIT)
     if not FLAGS.verbose:
         logging.set_verbosity(logging.WARNING)  # orbax and jax log every checkpoint at INFO
-    initialize_distributed()
+    from resnet_jax import cluster
+
+    try:
+        cluster.initialize(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.heartbeat_timeout_seconds
+        )
+    except cluster.ClusterError as e:
+        if FLAGS.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
 
     from resnet_jax import config, train
 

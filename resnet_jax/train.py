@@ -25,7 +25,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpoints, config, data, inputs, models, optim
+from resnet_jax import checkpoints, cluster, config, data, inputs, models, optim
 from resnet_jax.config import TrainingError
 from resnet_jax.losses import cross_entropy, topk_errors
 from resnet_jax.metrics import MetricWriter, ProgressClock
@@ -336,7 +336,7 @@ class Loop:
             f"{cfg.model.family} ResNet-{cfg.model.depth} ({cfg.model.shortcut}), {self.params:,} params, "
             f"{feed.num_train:,} train / {feed.num_eval:,} eval images, {run.total_steps:,} steps "
             f"({run.total_steps / run.steps_per_epoch:.1f} epochs) at batch {cfg.batch_size} on "
-            f"{jax.device_count()} {jax.devices()[0].device_kind} device(s), {jnp.dtype(run.dtype).name}"
+            f"{cluster.describe()}, {jnp.dtype(run.dtype).name}"
             + (f"; resuming from step {self.start}" if self.start else "")
         )
 
