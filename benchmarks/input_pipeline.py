@@ -26,7 +26,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resnet_jax import config, data  # noqa: E402
+from resnet_jax import data, schema  # noqa: E402
 from resnet_jax.data import device_held, streamed  # noqa: E402
 from resnet_jax.data.common import DeviceHeldData  # noqa: E402
 
@@ -40,9 +40,9 @@ def host_cores() -> int:
 def cifar_data(args):
     """The data section of the CIFAR part: the archive, else CIFAR-shaped random images."""
     if args.cifar_tar and pathlib.Path(args.cifar_tar).exists():
-        return config.data_config(name="cifar10", path=args.cifar_tar, cache_dir=args.cache_dir)
+        return schema.data_config(name="cifar10", path=args.cifar_tar, cache_dir=args.cache_dir)
     print(f"no archive at {args.cifar_tar!r}: random uint8 CIFAR-shaped arrays instead", file=sys.stderr)
-    return config.data_config(name="synthetic", image_size=32, synthetic_examples=50_000)
+    return schema.data_config(name="synthetic", image_size=32, synthetic_examples=50_000)
 
 
 def build_jpegs(args, cifar: DeviceHeldData) -> dict:
@@ -86,12 +86,12 @@ def bench_imagenet(args, cfg: dict) -> list[dict]:
     jpeg_kb = cfg.pop("jpeg_kb")
     rows, b = [], args.imagenet_batch
     for augment in ("paper", "inception"):
-        make = lambda a=augment: streamed.train_iterator(config.data_config(**cfg, augment=a), b, 0, 0)
+        make = lambda a=augment: streamed.train_iterator(schema.data_config(**cfg, augment=a), b, 0, 0)
         rate, n = time_iterator(make, args.imagenet_batches, warmup=2)
         rows.append({"pipeline": f"imagenet train {augment}", "batch": b, "images": n, "images_per_s": rate})
     for crop in ("center", "ten"):
-        make = lambda c=crop: streamed.eval_iterator(config.data_config(**cfg, eval_crop=c), b)
-        n_eval = data.dataset_info(config.data_config(**cfg))["num_eval"]
+        make = lambda c=crop: streamed.eval_iterator(schema.data_config(**cfg, eval_crop=c), b)
+        n_eval = data.dataset_info(schema.data_config(**cfg))["num_eval"]
         steps = min(args.imagenet_batches, streamed.eval_batches(n_eval, b, 1) - 1)
         rate, n = time_iterator(make, steps, warmup=1)
         rows.append({"pipeline": f"imagenet eval {crop}", "batch": b, "images": n, "images_per_s": rate})
@@ -109,7 +109,7 @@ def bench_cifar(args, cifar_cfg) -> dict:
     from resnet_jax import inputs
 
     device = jax.devices()[0]
-    cfg = config.base_config()
+    cfg = schema.base_config()
     cfg.data, cfg.batch_size = cifar_cfg, args.cifar_batch
     mesh = jax.sharding.Mesh(np.array([device]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     feed = inputs.device_held_inputs(cfg, mesh, jnp.float32)  # the trainer's own input path

@@ -17,6 +17,9 @@ from typing import Any
 
 import ml_collections
 
+from resnet_jax import schema
+from resnet_jax.schema import BN_MODES, DTYPES, FAMILIES, INITS, SHORTCUTS, STRIDE_ON
+
 
 class ConfigError(ValueError):
     """A configuration mistake; the message is one sentence saying what to do."""
@@ -34,96 +37,83 @@ class TrainingError(RuntimeError):
     """The run cannot continue (non-finite loss, unusable checkpoints, ...)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# The schema.
-
-FAMILIES = ("cifar", "imagenet")
-SHORTCUTS = ("A", "B", "C", "none")  # "none": the plain net
-STRIDE_ON = ("1x1", "3x3")  # bottleneck downsampling: paper (v1) | torchvision (v1.5)
-INITS = ("fan_in", "fan_out")
-DTYPES = ("float32", "bfloat16", "float16")
-BN_MODES = ("global", "per_device", "ghost")
 CIFAR_DEPTHS_NAMED = (20, 32, 44, 56, 110, 1202)
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)  # Table 1 (models/nets.py holds their stages)
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 DEVICE_HELD_NAMES = ("cifar10", "cifar100", "image_folder", "synthetic")
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """Defaults: the paper's CIFAR-10 recipe for ResNet-20 (section 4.2)."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.batch_size = 128  # global, over all devices and processes
-    # Duration: num_train_steps wins when > 0, else num_epochs (of the training split).
-    c.num_train_steps = 64_000
-    c.num_epochs = -1.0
-    c.log_every_steps = 100
-    c.eval_every_steps = 4_000
-    c.checkpoint_every_steps = 4_000
-    c.keep_checkpoints = 3  # most recent ones kept, plus the best by eval error
-    c.steps_per_call = 1  # training steps fused into one jitted call (device-held data only)
-    c.profile_steps = ""  # e.g. "100:110": a jax.profiler trace of those steps into the workdir
-    c.nan_policy = "stop"  # "stop" | "skip": what a non-finite loss does
-    c.allow_config_change = False  # resume a run whose model/data/seed/batch/optimizer/schedule differ
-
-    c.model = ml_collections.ConfigDict()
-    c.model.family = "cifar"  # "cifar" | "imagenet"
-    c.model.depth = 20
-    c.model.shortcut = "A"  # "A" | "B" | "C" | "none" (plain net)
-    c.model.stride_on = "1x1"  # bottleneck downsampling: "1x1" (paper, v1) | "3x3" (v1.5)
-    c.model.dtype = "auto"  # compute dtype: "auto" = bfloat16 on GPU/TPU, float32 on CPU
-    c.model.scan_blocks = False  # nn.scan over the identical blocks of each stage
-    c.model.scan_unroll = 1  # unroll factor of that scan
-    c.model.remat = False  # rematerialise each block in the backward pass
-    c.model.stem_channels = 0  # 4 or 8: zero-pad the image channels for the first conv (GPU speed)
-    c.model.bn = "global"  # "global" | "per_device" | "ghost"
-    c.model.bn_group_size = 0  # examples per BN group when bn == "ghost"
-    c.model.bn_momentum = 0.9
-    c.model.bn_epsilon = 1e-5
-    c.model.zero_init_residual = False  # zero-init the last BN scale of each block
-    c.model.init = "fan_in"  # He-normal mode: "fan_in" (paper) | "fan_out" (torchvision)
-
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "cifar10"  # "cifar10" | "cifar100" | "imagenet2012" | any TFDS dataset | "synthetic"
-    c.data.path = ""  # image folder or .tar/.tar.gz laid out <split>/<class>/<image>; "" = TFDS
-    c.data.tfds_dir = ""  # TFDS data_dir; "" = TFDS default
-    c.data.cache_dir = ""  # decoded-array cache for image folders; "" = ~/.cache/resnet_jax
-    c.data.val_split = 0  # hold out this many training images as the evaluation set (paper: 5000)
-    c.data.mean = "pixel"  # CIFAR normalisation: "pixel" (mean image) | "channel" (mean/std)
-    c.data.augment = "paper"  # ImageNet training: "paper" | "inception"
-    c.data.eval_crop = "center"  # ImageNet evaluation: "center" | "ten"
-    c.data.image_size = 224  # ImageNet crop size
-    c.data.eval_batch_size = 0  # 0 = batch_size
-    c.data.shuffle_buffer = 16_384
-    c.data.num_classes = 0  # 0 = the dataset's
-    c.data.synthetic_examples = 0  # size of the "synthetic" split; 0 = 10 batches
-
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.momentum = 0.9
-    c.optimizer.nesterov = False
-    c.optimizer.weight_decay = 1e-4  # L2, added to the gradient (torch.optim.SGD)
-    c.optimizer.decay_bn_and_bias = True  # False excludes BN scales/biases and the FC bias
-
-    c.schedule = ml_collections.ConfigDict()
-    c.schedule.name = "piecewise"  # "piecewise" | "cosine"
-    c.schedule.base_lr = 0.1
-    c.schedule.scale_by_batch = False  # linear scaling rule: lr = base_lr * batch_size / 256
-    c.schedule.boundaries = (32_000, 48_000)  # steps; used when boundaries_epochs is empty
-    c.schedule.boundaries_epochs = ()  # e.g. (30, 60, 90)
-    c.schedule.decay_factor = 0.1
-    c.schedule.warmup = "none"  # "none" | "constant" (paper's 0.01 start) | "linear"
-    c.schedule.warmup_steps = 0
-    c.schedule.warmup_epochs = 0.0
-    c.schedule.warmup_lr = 0.01  # the constant warm-up's learning rate; where the linear one starts
-    return c
+# ---------------------------------------------------------------------------------------------
+# Values against the schema (schema.py declares every key).
 
 
-def data_config(**overrides: Any) -> ml_collections.ConfigDict:
-    """The `data` section with its declared defaults and `overrides` (for using data/ on its own)."""
-    section = base_config().data
-    for key, value in overrides.items():
-        override(section, key, value)
-    return section
+def value_problem(key: schema.Key, value: Any, types_only: bool = False) -> str | None:
+    """What is wrong with `value` for `key` ("must be in [0, 1)"), or None; `types_only`: its type only."""
+    kind = type(key.default)
+    if kind is bool:
+        return None if isinstance(value, bool) else "must be True or False"
+    if kind in (int, float):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)):
+            return f"must be {'an integer' if kind is int else 'a number'}"
+        if not math.isfinite(value):
+            return "must be finite"
+        if types_only:
+            return None
+        low = key.lo is not None and (value < key.lo or (key.lo_open and value == key.lo))
+        high = key.hi is not None and (value > key.hi or (key.hi_open and value == key.hi))
+        if low or high:
+            lo, hi = "-inf" if key.lo is None else key.lo, "inf" if key.hi is None else key.hi
+            left, right = "(" if key.lo_open else "[", ")" if key.hi_open or key.hi is None else "]"
+            return f"must be in {left}{lo}, {hi}{right}"
+        return None
+    if kind is tuple:
+        if not isinstance(value, tuple | list):
+            return "must be a tuple, e.g. (30, 60)"
+        if types_only:
+            return None
+        integer = bool(key.default) and isinstance(key.default[0], int)
+        ok = all(isinstance(x, int if integer else int | float) and not isinstance(x, bool) for x in value)
+        rising = all(b > a for a, b in zip(value, value[1:], strict=False))
+        if not ok or any(x <= 0 for x in value) or not rising:
+            return f"must be increasing positive {'integers' if integer else 'numbers'}"
+        return None
+    if not isinstance(value, kind):
+        return f"must be a {kind.__name__}"
+    if types_only:
+        return None
+    if key.choices and value not in key.choices:
+        quoted = [repr(c) for c in key.choices]
+        return f"must be {' or '.join([', '.join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)}"
+    return None
+
+
+def check_keys(cfg: Any, section: str = "", types_only: bool = False) -> None:
+    """Every key of `cfg` (or of its `section`) against its declaration: known, of its type, in its range
+    or choices. `cfg` may be a ConfigDict or a ModelOptions (attributes named as the keys)."""
+    declared = {k: v for k, v in schema.keys().items() if k.startswith(f"{section}.") or not section}
+    if isinstance(cfg, ml_collections.ConfigDict):
+        extra = sorted(set(_flat(cfg, section)) - set(declared))
+        if extra:
+            raise ConfigError(f"{extra[0]!r} is not a config key; the keys are in resnet_jax/schema.py")
+    for name, key in declared.items():
+        node = cfg
+        try:
+            for part in name.split(".")[1 if section else 0 :]:
+                node = getattr(node, part)
+        except AttributeError:
+            raise ConfigError(f"the config has no {name!r}: start it from schema.base_config()") from None
+        problem = value_problem(key, node, types_only)
+        if problem:
+            raise ConfigError(f"{name} {problem}; got {node!r}")
+
+
+def _flat(cfg: ml_collections.ConfigDict, prefix: str) -> list[str]:
+    out = []
+    for k, v in cfg.items():
+        name = f"{prefix}.{k}" if prefix else k
+        out += _flat(v, name) if isinstance(v, ml_collections.ConfigDict) else [name]
+    return out
 
 
 def override(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None:
@@ -136,7 +126,7 @@ def override(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None:
             keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
             close = difflib.get_close_matches(part, keys, n=1)
             hint = f" (did you mean {'.'.join([*parts[:i], close[0]])!r}?)" if close else ""
-            raise ConfigError(f"{key!r} is not a config key{hint}; the keys are in resnet_jax/config.py")
+            raise ConfigError(f"{key!r} is not a config key{hint}; the keys are in resnet_jax/schema.py")
         if i < len(parts) - 1:
             node = node[part]
     leaf = parts[-1]
@@ -196,6 +186,7 @@ class ModelOptions:
 
 def check_model(m: Any) -> None:
     """The model zoo's rules on a ModelOptions or a config's `model` section (ModelError, one sentence)."""
+    check_keys(m, "model", types_only=True)
     if m.family not in FAMILIES:
         raise ModelError(f"model family must be one of {', '.join(FAMILIES)}; got {m.family!r}")
     if m.family == "cifar" and (not isinstance(m.depth, int) or m.depth < 8 or (m.depth - 2) % 6):
@@ -223,6 +214,7 @@ def check_model(m: Any) -> None:
         raise ModelError(
             f"model.stem_channels must be 0 (off) or at least 4, e.g. 4 or 8; got {m.stem_channels}"
         )
+    check_keys(m, "model")
 
 
 def compute_dtype(name: str) -> str:
@@ -258,23 +250,12 @@ def is_device_held(cfg_data: ml_collections.ConfigDict) -> bool:
 # Before anything is built.
 
 
-CHOICES = {
-    "nan_policy": ("stop", "skip"),
-    "schedule.name": ("piecewise", "cosine"),
-    "schedule.warmup": ("none", "constant", "linear"),
-}
-DATA_CHOICES = {
-    "mean": ("pixel", "channel"),
-    "augment": ("paper", "inception"),
-    "eval_crop": ("center", "ten"),
-}
-
-
 def check_data(d: ml_collections.ConfigDict) -> None:
     """The `data` section's own rules (DataError); whether the dataset is there is data.validate's."""
     if not d.name or not isinstance(d.name, str):
         raise DataError(f"data.name must name a dataset, not {d.name!r}.")
-    for key, allowed in DATA_CHOICES.items():
+    for key in ("mean", "augment", "eval_crop"):
+        allowed = schema.SCHEMA["data"][key].choices
         if d[key] not in allowed:
             raise DataError(f"data.{key} must be one of {', '.join(allowed)}, not {d[key]!r}.")
     if d.val_split < 0:
@@ -286,16 +267,19 @@ def check_data(d: ml_collections.ConfigDict) -> None:
 
 
 def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Raise ConfigError (one sentence) for settings that cannot run; the dataset's own checks are data's."""
-    m = cfg.model
+    """Raise ConfigError (one sentence) for a config that cannot run or would not run as it says: every key
+    against its declaration, then the rules across keys. The dataset's own checks are data.validate's."""
+    m, d, sch = cfg.model, cfg.data, cfg.schedule
+    check_keys(cfg, types_only=True)
     check_model(m)
-    check_data(cfg.data)
+    check_data(d)
+    check_keys(cfg)
     if m.zero_init_residual and m.shortcut == "none":
         raise ConfigError(
             "model.zero_init_residual=True would zero every block's output of a plain net (shortcut 'none'), "
             "so nothing before the FC could train: set it to False"
         )
-    if cfg.batch_size <= 0 or cfg.batch_size % num_devices:
+    if cfg.batch_size % num_devices:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be a positive multiple of the {num_devices} devices; "
             f"use e.g. {max(num_devices, cfg.batch_size // num_devices * num_devices)}"
@@ -308,18 +292,20 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         )
     if m.bn == "ghost" and per_device % group:
         raise ConfigError(f"model.bn_group_size {group} must divide the per-device batch of {per_device}")
+    if m.bn != "ghost" and m.bn_group_size:
+        raise ConfigError(
+            f"model.bn_group_size ({m.bn_group_size}) is read only with model.bn='ghost' (model.bn is "
+            f"{m.bn!r}): set it to 0 or use ghost BN"
+        )
     if cfg.num_train_steps <= 0 and cfg.num_epochs <= 0:
         raise ConfigError("set num_train_steps or num_epochs to a positive number")
-    for key, allowed in CHOICES.items():
-        section, _, leaf = key.rpartition(".")
-        value = (cfg[section] if section else cfg)[leaf]
-        if value not in allowed:
-            raise ConfigError(f"{key} must be {' or '.join(map(repr, allowed))}; got {value!r}")
-    if cfg.steps_per_call < 1:
-        raise ConfigError(f"steps_per_call must be >= 1; got {cfg.steps_per_call}")
-    if cfg.steps_per_call > 1 and not is_device_held(cfg.data):
+    if cfg.steps_per_call > 1 and not is_device_held(d):
         raise ConfigError("steps_per_call > 1 needs device-held data (CIFAR, image folders or synthetic)")
-    sch = cfg.schedule
+    known = DATASET_CLASSES.get(d.name)
+    if known and 0 < d.num_classes < known:
+        raise ConfigError(f"data.num_classes={d.num_classes} is below the {known} classes of {d.name}; use 0")
+    if cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
+        raise ConfigError("optimizer.nesterov=True needs optimizer.momentum > 0 (e.g. 0.9)")
     if sch.warmup != "none" and sch.warmup_steps <= 0 and sch.warmup_epochs <= 0:
         raise ConfigError(
             f"schedule.warmup={sch.warmup!r} needs its length: set schedule.warmup_steps or "
@@ -330,8 +316,11 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
             f"schedule.warmup_steps ({sch.warmup_steps}) and schedule.warmup_epochs ({sch.warmup_epochs}) "
             "are both set: keep one (the other at 0)"
         )
-    if m.dtype not in ("auto", *DTYPES):
-        raise ConfigError(f"model.dtype must be 'auto' or one of {', '.join(DTYPES)}; got {m.dtype!r}")
+    if sch.warmup == "none" and (sch.warmup_steps or sch.warmup_epochs):
+        raise ConfigError(
+            "schedule.warmup_steps/warmup_epochs are set but schedule.warmup is 'none': set schedule.warmup "
+            "to 'constant' or 'linear', or the length to 0"
+        )
     parse_profile_steps(cfg.profile_steps)
 
 

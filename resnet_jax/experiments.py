@@ -25,12 +25,12 @@ from types import ModuleType
 
 import ml_collections
 
-from resnet_jax import config
-from resnet_jax.config import base_config
+from resnet_jax import config, schema
+from resnet_jax.schema import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]  # the repository: configs/ lies here
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
-SHORTCUT_OPTIONS = tuple(s for s in config.SHORTCUTS if s != "none")  # the tokens A, B, C (section 3.3)
+SHORTCUT_OPTIONS = tuple(s for s in schema.SHORTCUTS if s != "none")  # the tokens A, B, C (section 3.3)
 SCAN_FROM_DEPTH = 110  # nn.scan the blocks of deeper nets: faster to compile, and faster on GPU
 
 

@@ -50,7 +50,7 @@ def flag_error(e: Exception, argv: Sequence[str] = ()) -> str:
         path = next((m.group(1) for a in argv if (m := re.match(rf"--config\.((?:\w+\.)*{key})=", a))), key)
         hint = f" (did you mean {path[: len(path) - len(key)] + hint!r}?)" if hint else ""
         where = f"in a --config override{hint}"
-        return f"unknown config key {path!r} {where}; the keys are in resnet_jax/config.py"
+        return f"unknown config key {path!r} {where}; `python -m resnet_jax.schema` lists the keys"
     flat = " ".join(text.split())
     if "Failed loading config file" in flat:
         path = flat.split("Attempted [Relative path]:")[-1].split(" [Errno")[0].strip()

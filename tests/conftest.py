@@ -78,10 +78,10 @@ def tiny_tfds(cifar_tar: pathlib.Path, tmp_path_factory: pytest.TempPathFactory)
     import numpy as np
     from helpers import TINY_TFDS_SIZES, TINY_TFDS_TRAIN, TINY_TFDS_VAL
 
-    from resnet_jax import config
+    from resnet_jax import schema
     from resnet_jax.data import device_held, folder_tfds
 
-    cifar_data = config.data_config(name="cifar10", path=str(cifar_tar))
+    cifar_data = schema.data_config(name="cifar10", path=str(cifar_tar))
     cifar = device_held.load(cifar_data, seed=0, batch_size=128)  # the user cache
     tmp = tmp_path_factory.mktemp("tiny_jpegs")
     names = cifar.class_names[:3]

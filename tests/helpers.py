@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from resnet_jax import config
+from resnet_jax import config, schema
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -38,7 +38,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 
 def data_cfg(section: dict | None = None, **overrides):
     """A whole `data` config section (the schema's defaults) with the keys of `section` and `overrides`."""
-    return config.data_config(**{**(section or {}), **overrides})
+    return schema.data_config(**{**(section or {}), **overrides})
 
 
 def read_metrics(workdir) -> list[dict]:

@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from resnet_jax import config, experiments, paper
-from resnet_jax.config import base_config
+from resnet_jax.schema import base_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_ARGS = [

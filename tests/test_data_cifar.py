@@ -161,11 +161,11 @@ class Block:
         if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
             raise ImportError(name + " is blocked")
 sys.meta_path.insert(0, Block())
-from resnet_jax import config, data
+from resnet_jax import data, schema
 from resnet_jax.data.common import cache_dir
 assert "jax" not in sys.modules  # importing the package is cheap
 from resnet_jax.data import device_held
-cfg = config.data_config(name="image_folder", path={str(tmp_path / "f")!r}, cache_dir={str(tmp_path / "c")!r},
+cfg = schema.data_config(name="image_folder", path={str(tmp_path / "f")!r}, cache_dir={str(tmp_path / "c")!r},
                          mean="channel")
 ds = device_held.load(cfg, seed=0, batch_size=128)
 assert ds.train_images.shape == (6, 8, 8, 3) and ds.class_names == ["a_cls", "b_cls"], ds.class_names

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.config import DTYPES as DTYPE_NAMES
+from resnet_jax.schema import DTYPES as DTYPE_NAMES
 
 Dtype = Any
 DTYPES = {name: jnp.dtype(name) for name in DTYPE_NAMES}  # ModelOptions.dtype -> the compute dtype

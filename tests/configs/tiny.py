@@ -1,10 +1,10 @@
 """A CIFAR ResNet-8 on synthetic 32x32 data for a few steps: the CLI and multi-process tests' config."""
 
-from resnet_jax import config
+from resnet_jax import schema
 
 
 def get_config(arg: str | None = None):
-    c = config.base_config()
+    c = schema.base_config()
     c.model.depth = 8
     c.batch_size = 16
     c.num_train_steps = 4
