@@ -153,35 +153,7 @@ def parse_value(old: Any, text: str, key: str = "") -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# The model options: the `model` section as one frozen record, passed whole to the nets and blocks.
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelOptions:
-    """Every option of the net, named as the config's `model` keys; checked when it is made.
-
-    Two values are resolved from the run: `dtype` is never "auto", and `bn_group_size` is the examples per
-    BN group of every mode (0: the whole global batch; per_device: one device's shard).
-    """
-
-    family: str = "cifar"
-    depth: int = 20
-    shortcut: str = "A"
-    stride_on: str = "1x1"
-    dtype: str = "float32"
-    scan_blocks: bool = False
-    scan_unroll: int = 1
-    remat: bool = False
-    stem_channels: int = 0
-    bn: str = "global"
-    bn_group_size: int = 0
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    zero_init_residual: bool = False
-    init: str = "fan_in"
-
-    def __post_init__(self) -> None:
-        check_model(self)
+# The model options (schema.ModelOptions).
 
 
 def check_model(m: Any) -> None:
@@ -205,7 +177,9 @@ def check_model(m: Any) -> None:
     if m.dtype not in DTYPES and m.dtype != "auto":
         # a config's model.dtype may also be "auto"; a ModelOptions' is resolved
         allowed = (
-            "dtype must be one of" if isinstance(m, ModelOptions) else "model.dtype must be 'auto' or one of"
+            "dtype must be one of"
+            if isinstance(m, schema.ModelOptions)
+            else "model.dtype must be 'auto' or one of"
         )
         raise ModelError(f"{allowed} {', '.join(DTYPES)}; got {m.dtype!r}")
     if m.bn not in BN_MODES:
@@ -233,11 +207,13 @@ def bn_group_size(cfg: ml_collections.ConfigDict, num_devices: int) -> int:
     )
 
 
-def model_options(cfg: ml_collections.ConfigDict, num_devices: int) -> ModelOptions:
+def model_options(cfg: ml_collections.ConfigDict, num_devices: int) -> schema.ModelOptions:
     """The run's ModelOptions: the `model` section with its dtype and BN group size resolved."""
-    fields = {f.name: cfg.model[f.name] for f in dataclasses.fields(ModelOptions)}
+    fields = {f.name: cfg.model[f.name] for f in dataclasses.fields(schema.ModelOptions)}
     fields.update(dtype=compute_dtype(cfg.model.dtype), bn_group_size=bn_group_size(cfg, num_devices))
-    return ModelOptions(**fields)
+    options = schema.ModelOptions(**fields)
+    check_model(options)
+    return options
 
 
 def is_device_held(cfg_data: ml_collections.ConfigDict) -> bool:

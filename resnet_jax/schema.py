@@ -126,6 +126,38 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+# The `model` section as one frozen record, passed whole to the nets and blocks.
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """Every option of the net, named as the config's `model` keys (config.check_model checks it; models.build
+    calls that).
+
+    Two values are resolved from the run: `dtype` is never "auto", and `bn_group_size` is the examples per
+    BN group of every mode (0: the whole global batch; per_device: one device's shard).
+    """
+
+    family: str = "cifar"
+    depth: int = 20
+    shortcut: str = "A"
+    stride_on: str = "1x1"
+    dtype: str = "float32"
+    scan_blocks: bool = False
+    scan_unroll: int = 1
+    remat: bool = False
+    stem_channels: int = 0
+    bn: str = "global"
+    bn_group_size: int = 0
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    zero_init_residual: bool = False
+    init: str = "fan_in"
+
+
+assert [f.name for f in dataclasses.fields(ModelOptions)] == list(SCHEMA["model"]), (
+    "ModelOptions = model keys"
+)
+
+
 def keys(tree: dict = SCHEMA, prefix: str = "") -> dict[str, Key]:
     """Every key of the schema by its dotted name ("model.depth")."""
     out: dict[str, Key] = {}

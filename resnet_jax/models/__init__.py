@@ -18,15 +18,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.config import ModelError, ModelOptions
+from resnet_jax import config
+from resnet_jax.config import ModelError
 from resnet_jax.models.nets import IMAGENET_STAGES, ResNet
 from resnet_jax.models.torch_weights import load_torch_state_dict as load_torch_state_dict
+from resnet_jax.schema import ModelOptions
 
 __all__ = ["IMAGENET_STAGES", "ResNet", "build", "create", "init_variables", "load_torch_state_dict"]
 
 
 def build(options: ModelOptions, num_classes: int) -> ResNet:
-    """The net of `options` (a run's: `config.model_options(cfg, num_devices)`) with `num_classes` outputs."""
+    """The net of `options` (a run's: `config.model_options(cfg, num_devices)`) with `num_classes` outputs;
+    ModelError (one sentence) for options outside the zoo."""
+    config.check_model(options)
     return ResNet(options, num_classes)
 
 
@@ -42,7 +46,7 @@ def create(
         options["bn"] = "ghost"
     unknown = set(options) - {f.name for f in dataclasses.fields(ModelOptions)}
     if unknown:
-        raise ModelError(f"unknown model option(s) {', '.join(sorted(unknown))}; see config.ModelOptions")
+        raise ModelError(f"unknown model option(s) {', '.join(sorted(unknown))}; see schema.ModelOptions")
     return build(
         ModelOptions(family=family, depth=depth, shortcut=shortcut, dtype=dtype, **options), num_classes
     )

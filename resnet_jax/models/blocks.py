@@ -13,8 +13,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from resnet_jax.config import ModelOptions
 from resnet_jax.models.layers import DTYPES, BatchNorm, conv, shortcut_a
+from resnet_jax.schema import ModelOptions
 
 
 class Block(nn.Module):

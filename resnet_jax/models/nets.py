@@ -14,9 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.config import IMAGENET_DEPTHS, ModelOptions
+from resnet_jax.config import IMAGENET_DEPTHS
 from resnet_jax.models.blocks import BasicBlock, BottleneckBlock, ScanBody
 from resnet_jax.models.layers import DTYPES, BatchNorm, ChannelPaddedConv, conv
+from resnet_jax.schema import ModelOptions
 
 # ImageNet depth -> (block type, blocks per stage), Table 1.
 IMAGENET_STAGES: dict[int, tuple[str, tuple[int, ...]]] = {
