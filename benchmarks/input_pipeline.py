@@ -280,12 +280,17 @@ def dali_pipeline(files, labels, batch: int, what: str) -> Callable[[], Iterator
     from resnet_jax.data import dali
 
     def make():
+        import jax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        # One device: the host's work does not depend on how the batch is later spread.
+        one = NamedSharding(Mesh(np.asarray(jax.devices()[:1]), ("data",)), PartitionSpec("data"))
         reps = 1_000  # an endless evaluation split for steady-state timing
         if what in ("center", "ten"):
             src = dali.Source(tuple(files) * reps, np.tile(labels, reps))
-            return dali.eval_iterator(src, batch, crop=what, mode="channel", device="cpu")
+            return dali.eval_iterator(src, batch, crop=what, mode="channel", device="cpu", sharding=one)
         src = dali.Source(tuple(files), labels)
-        return dali.train_iterator(src, batch, 17, augment=what, mode="channel", device="cpu")
+        return dali.train_iterator(src, batch, 17, augment=what, mode="channel", device="cpu", sharding=one)
 
     return make
 
