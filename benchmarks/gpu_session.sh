@@ -16,7 +16,8 @@
 # Each item is skipped when less than its estimated time is left of BUDGET_S (default 510 s) and
 # killed at its cap or when the budget runs out, so a timeout loses only the last items. Every item
 # writes JSON into $WORK, packed into $OUT after each item; $OUT/summary.md is Markdown for
-# BENCHMARKS.md. The default ITEMS are the second session's plan for issue #7 (same-session peer,
+# BENCHMARKS.md. ITEMS="input_folder e2e_dali e2e_dali_nocmdbuf e2e_tfdata input_cpu" is issue #16's plan
+# (unrun: see run_item). The default ITEMS are the second session's plan for issue #7 (same-session peer,
 # where the ResNet-20 and ResNet-50 steps spend their time, and cheap levers); `run_item` below
 # lists every item, the first session's included.
 
@@ -187,6 +188,28 @@ run_item() {
     r50_conv_fusion) # cuDNN conv fusion on the big net
       item r50_conv_fusion 60 170 env XLA_FLAGS="--xla_gpu_experimental_enable_conv_fusion=true" \
         "${BENCH[@]}" "${R50[@]}" --no_loop --json="$WORK/r50_conv_fusion.json" ;;
+
+    # --- issue #16: ImageNet from a JPEG folder, each input pipeline feeding the ResNet-50 step ---
+    # Need TensorFlow (tf.data rows) and NVIDIA DALI (dali rows) on the device machine: neither fits in the
+    # device tool's 64 MiB carry (tensorflow-cpu ~1.4 GB, the DALI wheel 405 MiB), so these run only where
+    # they are installed (pip install tensorflow-cpu==2.21.0 nvidia-dali-cuda120==2.4.0); each row is
+    # written as soon as it is measured. The folder lives outside $WORK (it is ~120 MB, never packed).
+    input_folder) # 1,024 + 64 generated ImageNet-like JPEGs (~110 KB, 500x375-800x600) in /tmp/ipbench
+      item input_folder 60 240 python3 benchmarks/input_pipeline.py --workdir=/tmp/ipbench --train_images=1024 \
+        --val_images=64 --only=none --skip=dali,quality --repeats=0 ;;
+    input_cpu) # the side-by-side host CPU table (tf.data ours/flax-style, DALI on the CPU) on this machine's cores
+      item input_cpu 150 300 python3 benchmarks/input_pipeline.py --workdir=/tmp/ipbench --repeats=3 \
+        --json="$WORK/input_cpu.json" ;;
+    e2e_tfdata) # ResNet-50 v1.5 (bf16, batch 256) fed by tf.data: float32 as today, uint8 normalised in the step
+      item e2e_tfdata 120 300 python3 benchmarks/input_pipeline.py --e2e --workdir=/tmp/ipbench --dtype=bfloat16 \
+        --config=configs/imagenet_r50.py:v1.5 --e2e_pipelines=tf.data --json="$WORK/e2e_tfdata.json" ;;
+    e2e_dali) # the same fed by DALI (nvJPEG ROI decode on the GPU), XLA's command buffers on (default flags)
+      item e2e_dali 90 240 python3 benchmarks/input_pipeline.py --e2e --workdir=/tmp/ipbench --dtype=bfloat16 \
+        --config=configs/imagenet_r50.py:v1.5 --e2e_pipelines=dali --json="$WORK/e2e_dali.json" ;;
+    e2e_dali_nocmdbuf) # DALI with command buffers off, as DALI's JAX docs set them: what that costs the step
+      item e2e_dali_nocmdbuf 90 240 env XLA_FLAGS="--xla_gpu_enable_command_buffer=" python3 \
+        benchmarks/input_pipeline.py --e2e --workdir=/tmp/ipbench --dtype=bfloat16 \
+        --config=configs/imagenet_r50.py:v1.5 --e2e_pipelines=dali --json="$WORK/e2e_dali_nocmdbuf.json" ;;
 
     # --- the first session's items (2026-11-27) ---
     r50_v15_loop) # ResNet-50 v1.5 with the trainer-like loop timed too

@@ -276,3 +276,39 @@ def test_attributed_time_splits_overlaps_and_adds_up_to_the_busy_time():
         for n, s, e in [("a", 0, 10), ("b", 5, 15), ("z", 20, 20), ("c", 20, 30)]
     ]
     assert bench.attributed_ns(ev) == [7.5, 7.5, 0.0, 10.0] and bench.busy_ns(ev) == 25
+
+
+def test_input_pipeline_benchmark_measures_every_pipeline_side_by_side(tmp_path, cifar_tar):
+    """--quick on a tiny generated folder: every row, the derived columns, and an ImageNet-like folder."""
+    import importlib.util
+
+    import numpy as np
+
+    bench = load_benchmark("input_pipeline")
+    try:  # find_spec raises, not returns None, when the parent package "nvidia" is missing too
+        has_dali = importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:
+        has_dali = False
+    out = tmp_path / "ip.json"
+    argv = ["--quick", f"--workdir={tmp_path}", f"--cifar_tar={cifar_tar}", f"--json={out}"]
+    result = bench.main(argv + ([] if has_dali else ["--skip=dali"]))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = {r["pipeline"]: r for r in result["results"]}
+    crops = ("inception", "paper", "center", "ten")
+    expected = {f"flax-style {k} ({t})" for k in ("train", "eval") for t in ("float32", "uint8")}
+    expected |= {f"ours {c} ({t})" for c in crops for t in ("float32", "uint8")}
+    expected |= {f"dali cpu {c} (float32)" for c in crops} if has_dali else set()
+    assert set(rows) == expected
+    for r in rows.values():
+        ms = r["cpu_ms_per_image"]
+        assert 0 < r["cpu_ms_min"] <= ms <= r["cpu_ms_max"] and r["wall_images_per_s"] > 0
+        base = rows[f"flax-style {r['kind']} (float32)"]["cpu_ms_per_image"]
+        assert math.isclose(r["speed_vs_flax"], base / ms) and math.isclose(r["cores_for_h200"], 7.0 * ms)
+    stats = result["meta"]["folder"]
+    sizes = [p.stat().st_size / 1024 for p in (tmp_path / "imagenet_like" / "train").rglob("*.JPEG")]
+    assert stats["images"] == len(sizes) == 24
+    # Calibrated on 12 of the images to 110 KB: the set's mean within 4 standard errors of it, plus 10%
+    # for the calibration sample differing from the set.
+    assert abs(stats["mean_kb"] - 110) < 4 * np.std(sizes) / math.sqrt(len(sizes)) + 11
+    assert -3.0 < stats["spectrum_slope"] < -1.5  # natural images: about -2 (1/f amplitude)
+    assert (tmp_path / "imagenet_like" / "val").is_dir()
