@@ -494,8 +494,8 @@ def pipelines(args, files, labels, before) -> dict[str, tuple[str, Callable]]:
         )
         if before is not None:
             out[f"before: ours {what} (float32)"] = (kind, ours(before, tf, files, batch, what))
-        out[f"ours {what} (float32)"] = (kind, ours(imagenet, tf, files, batch, what))
-        out[f"ours {what} (uint8)"] = (kind, ours(imagenet, tf, files, batch, f"{what}_uint8"))
+        out[f"ours {what} (float32)"] = (kind, ours(streamed, tf, files, batch, what))
+        out[f"ours {what} (uint8)"] = (kind, ours(streamed, tf, files, batch, f"{what}_uint8"))
         if "dali" not in args.skip:
             out[f"dali cpu {what} (float32)"] = (kind, dali_pipeline(files, labels, batch, what))
     if args.only:
