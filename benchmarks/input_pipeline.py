@@ -277,7 +277,7 @@ def flax_style(tf, files, batch: int, train: bool, dtype: str = "float32") -> Ca
 
 
 def dali_pipeline(files, labels, batch: int, what: str) -> Callable[[], Iterator]:
-    from resnet_jax.data import dali
+    from resnet_jax.data import dali, sources
 
     def make():
         import jax
@@ -287,9 +287,9 @@ def dali_pipeline(files, labels, batch: int, what: str) -> Callable[[], Iterator
         one = NamedSharding(Mesh(np.asarray(jax.devices()[:1]), ("data",)), PartitionSpec("data"))
         reps = 1_000  # an endless evaluation split for steady-state timing
         if what in ("center", "ten"):
-            src = dali.Source(tuple(files) * reps, np.tile(labels, reps))
+            src = sources.Source(tuple(files) * reps, np.tile(labels, reps))
             return dali.eval_iterator(src, batch, crop=what, mode="channel", device="cpu", sharding=one)
-        src = dali.Source(tuple(files), labels)
+        src = sources.Source(tuple(files), labels)
         return dali.train_iterator(src, batch, 17, augment=what, mode="channel", device="cpu", sharding=one)
 
     return make
@@ -318,14 +318,14 @@ def resize_quality(files: list[str], n: int = 48) -> list[dict]:
     where aliasing shows)."""
     from PIL import Image
 
-    from resnet_jax.data import dali, streamed
+    from resnet_jax.data import sampling, sources, streamed
 
     tf = streamed.tf_module()
     size, rows = 224, {}
-    hw = np.array([dali.image_hw(open(f, "rb").read()) for f in files[:n]])
+    hw = np.array([sources.image_hw(open(f, "rb").read()) for f in files[:n]])
     windows = {
-        "train": dali.inception_windows(hw, dali.uniforms(5, 0, np.arange(n), 40)),
-        "eval": dali.center_windows(hw, size),
+        "train": sampling.inception_windows(hw, sampling.uniforms(5, 0, np.arange(n), 40)),
+        "eval": sampling.center_windows(hw, size),
     }
     methods = {
         "bilinear, antialiased (ours: tf.image.resize antialias=True)": lambda x: streamed._resize(
@@ -371,7 +371,7 @@ def end_to_end(args, files: list[str], labels: np.ndarray) -> list[dict]:
     import jax.numpy as jnp
 
     from resnet_jax import experiments, train
-    from resnet_jax.data import dali, streamed
+    from resnet_jax.data import dali, sources, streamed
     from resnet_jax.inputs import to_global
 
     cfg = experiments.load_config(args.config)
@@ -420,7 +420,7 @@ def end_to_end(args, files: list[str], labels: np.ndarray) -> list[dict]:
         ),
         "dali": (
             lambda: dali.train_iterator(
-                dali.Source(tuple(files), labels),
+                sources.Source(tuple(files), labels),
                 b,
                 17,
                 augment=cfg.data.augment,
@@ -569,9 +569,9 @@ def main(argv=None) -> dict:
                 root, args.cifar_tar, args.train_images, args.val_images, args.target_kb, args.quality
             )
             print(f"generated {root} in {time.perf_counter() - t0:.0f} s", flush=True)
-    from resnet_jax.data import dali
+    from resnet_jax.data import sources
 
-    source = dali.folder_source(str(root), "train")
+    source = sources.folder_source(str(root), "train")
     files, labels = list(source.paths), source.labels
     stats = folder_stats(files)
     print("folder:", json.dumps(stats), flush=True)
