@@ -26,7 +26,7 @@ from resnet_jax.data import sampling
 from resnet_jax.data.common import DataError
 from resnet_jax.data.sampling import center_windows, device_rows, process_rows, ten_crop_geometry, train_draws
 from resnet_jax.data.sources import Source, image_hw
-from resnet_jax.data.streamed import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from resnet_jax.data.streamed import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, is_uint8
 
 PIP = "pip install nvidia-dali-cuda120==2.4.0"
 
@@ -129,11 +129,7 @@ class EvalFeed:
 
 def _std(mode: str, dtype: Any) -> list[float]:
     """The normalisation's divisor: none for "pixel" (mean subtraction only) or for uint8 outputs."""
-    return list(IMAGENET_STD_RGB) if mode == "channel" and not _is_uint8(dtype) else [1.0, 1.0, 1.0]
-
-
-def _is_uint8(dtype: Any) -> bool:
-    return (dtype if isinstance(dtype, str) else np.dtype(dtype).name) == "uint8"
+    return list(IMAGENET_STD_RGB) if mode == "channel" and not is_uint8(dtype) else [1.0, 1.0, 1.0]
 
 
 def _out_dtype(dtype: Any):
@@ -203,7 +199,7 @@ def eval_pipeline(feed: EvalFeed, device_id: int | None, num_threads: int, mode:
 
     size, rows = feed.size, feed.rows
     pipe = _pipeline(rows[1] - rows[0], device_id, num_threads, 0)
-    mean = [0.0, 0.0, 0.0] if _is_uint8(dtype) else list(IMAGENET_MEAN_RGB)
+    mean = [0.0, 0.0, 0.0] if is_uint8(dtype) else list(IMAGENET_MEAN_RGB)
     norm = dict(mean=mean, std=_std(mode, dtype), dtype=_out_dtype(dtype), output_layout="HWC")
     decoder = _decoder_device(device_id)
     with pipe:
@@ -311,9 +307,9 @@ def train_iterator(
     threads = num_threads or _num_threads(len(rows))
     pipes = []
     for dev, r in rows:
-        feed = TrainFeed(source, seed, start_step, global_batch, r, augment, size, mode, _is_uint8(dtype))
+        feed = TrainFeed(source, seed, start_step, global_batch, r, augment, size, mode, is_uint8(dtype))
         pipes.append(train_pipeline(feed, dev.local_hardware_id if gpu else None, threads, dtype))
-    names = ["image", "label", "rgb"] if _is_uint8(dtype) else ["image", "label"]
+    names = ["image", "label", "rgb"] if is_uint8(dtype) else ["image", "label"]
     return _Batches(pipes, names, sharding, gpu, global_batch)
 
 

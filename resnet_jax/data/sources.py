@@ -39,17 +39,11 @@ class Source:
     def __len__(self) -> int:
         return len(self.records) if self.records is not None else len(self.paths)
 
-    def head(self, n: int) -> Source:
-        """The first n examples (TFDS's train[:n]); the records keep their shards."""
+    def span(self, start: int, stop: int) -> Source:
+        """Examples [start, stop) (a TFDS span such as train[:-5000]); records keep their shard paths."""
         if self.records is None:
-            return Source(self.paths[:n], self.labels[:n], None, self.class_names)
-        return Source(self.paths, None, self.records[:n], self.class_names)
-
-    def tail(self, n: int) -> Source:
-        """The last n examples (TFDS's train[-n:])."""
-        if self.records is None:
-            return Source(self.paths[-n:], self.labels[-n:], None, self.class_names)
-        return Source(self.paths, None, self.records[-n:], self.class_names)
+            return Source(self.paths[start:stop], self.labels[start:stop], None, self.class_names)
+        return Source(self.paths, None, self.records[start:stop], self.class_names)
 
     def read(self, i: int) -> tuple[bytes, int]:
         """Example i's encoded image and label."""
@@ -83,6 +77,11 @@ def tfrecord_source(pattern: str) -> Source:
                 offset += 12 + length + 4
                 f.seek(offset)
     return Source(paths, None, np.asarray(records, np.int64))
+
+
+def tfds_split_source(data_dir: str, name: str, split: str) -> Source:
+    """A prepared TFDS split's TFRecord shards, <data_dir>/<name>-<split>.tfrecord-*, in TFDS's order."""
+    return tfrecord_source(os.path.join(data_dir, f"{name}-{split}.tfrecord-*"))
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
