@@ -31,6 +31,18 @@ from resnet_jax.data.streamed import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, is_uin
 PIP = "pip install nvidia-dali-cuda120==2.4.0"
 
 
+COMMAND_BUFFER_FLAG = "--xla_gpu_enable_command_buffer"
+
+
+def xla_flags(flags: str) -> str:
+    """XLA_FLAGS for a run fed by DALI: XLA's command buffers (CUDA graphs) off, as DALI's JAX plugin
+    documents (its thread synchronises the device, which invalidates the captured graphs), unless `flags`
+    already choose them; the cost of that default is unmeasured (BENCHMARKS.md, benchmarks/gpu_session.sh)."""
+    if COMMAND_BUFFER_FLAG in flags:
+        return flags
+    return f"{flags} {COMMAND_BUFFER_FLAG}=".strip()
+
+
 def require_dali():
     """The nvidia.dali module, or a DataError naming the pip command."""
     try:
