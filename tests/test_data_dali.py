@@ -425,3 +425,39 @@ def test_dali_eval_covers_every_example_once_with_a_padded_tail(tmp_path, dali_i
     labels = np.concatenate([np.asarray(b["label"]) for b in batches])
     assert masks.tolist() == [True] * 6 + [False] * 2
     assert labels[:6].tolist() == [0, 0, 1, 1, 1, 1]
+
+
+def test_a_dali_run_turns_command_buffers_off_unless_the_flags_choose():
+    off = "--xla_gpu_enable_command_buffer="
+    assert dali.xla_flags("") == off
+    assert (
+        dali.xla_flags("--xla_force_host_platform_device_count=8")
+        == f"--xla_force_host_platform_device_count=8 {off}"
+    )
+    chosen = "--xla_gpu_enable_command_buffer=FUSION,CUBLAS"
+    assert dali.xla_flags(chosen) == chosen
+
+
+def test_dali_uint8_crops_and_lighting_normalised_in_the_step_equal_dalis_float_output(
+    tmp_path, dali_installed
+):
+    """The trainer takes DALI's uint8 crop and its lighting offset and normalises in the step
+    (inputs.normalize_streamed); that equals DALI's own float32 output of the same draws (the same resized
+    uint8 pixels, normalised in float32), up to float32 rounding of values below 3 in magnitude."""
+    import jax.numpy as jnp
+
+    from resnet_jax import inputs
+
+    rng = np.random.default_rng(4)
+    write_folder(
+        tmp_path, {f"n{k}": [rng.integers(0, 255, (60, 80, 3), np.uint8) for _ in range(4)] for k in range(2)}
+    )
+    source = sources.folder_source(str(tmp_path))
+    one = NamedSharding(Mesh(np.asarray(jax.devices()[:1]), ("data",)), PartitionSpec("data"))
+    kw = dict(augment="paper", size=32, mode="channel", sharding=one, device="cpu")
+    floats = next(dali.train_iterator(source, 8, 5, dtype="float32", **kw))
+    ints = next(dali.train_iterator(source, 8, 5, dtype="uint8", **kw))
+    assert set(ints) == {"image", "label", "rgb"} and np.abs(np.asarray(ints["rgb"])).max() > 0
+    ours = inputs.normalize_streamed({k: jnp.asarray(v) for k, v in ints.items()}, "channel", jnp.float32)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(floats["image"]), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(ints["label"]), np.asarray(floats["label"]))
