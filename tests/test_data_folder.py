@@ -374,3 +374,32 @@ def test_a_run_from_before_data_pipeline_resumes_as_tfdata(tmp_path):
     cfg.data.pipeline = "dali"
     with pytest.raises(config.ConfigError, match=r"data.pipeline"):
         checkpoints.check_workdir_config(cfg, str(tmp_path))
+
+
+def test_dali_reads_a_tfds_builds_shards_in_tfds_order(tiny_tfds):
+    """data.pipeline='dali' with a TFDS dataset reads its TFRecord shards in TFDS's own example order
+    (data.val_split holds out the same last examples), and the feed covers the split."""
+    pytest.importorskip("nvidia.dali", reason="DALI is optional: pip install nvidia-dali-cuda120==2.4.0")
+    import jax.numpy as jnp
+    import tensorflow_datasets as tfds
+
+    from resnet_jax.data import tfds_meta
+
+    d = data_cfg(tiny_tfds, image_size=32, eval_crop="center", pipeline="dali", val_split=4)
+    train, val, classes = inputs.dali_sources(d)
+    assert (len(train), len(val), classes) == (20, 4, 3)
+    builder = tfds_meta.tfds_builder(d.name, d.tfds_dir)
+    ds = builder.as_dataset(
+        split="train", decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False
+    )
+    theirs = [(e["image"].numpy(), int(e["label"])) for e in ds]
+    assert [train.read(i) for i in range(20)] + [val.read(i) for i in range(4)] == theirs
+    cfg = experiments.load_config("configs/imagenet_r50.py")
+    cfg.data = d
+    cfg.batch_size = 8
+    feed = inputs.create(cfg, inputs.create_mesh(), jnp.float32)
+    batch = next(feed.train_batches(0))
+    assert batch["image"].dtype == jnp.uint8 and batch["image"].shape == (8, 32, 32, 3)
+    assert batch["rgb"].shape == (8, 3) and feed.global_batches
+    masks = [np.asarray(b["mask"]) for b in feed.eval_batches()]
+    assert [m.sum() for m in masks] == [4]
