@@ -16,8 +16,8 @@
 # Each item is skipped when less than its estimated time is left of BUDGET_S (default 510 s) and
 # killed at its cap or when the budget runs out, so a timeout loses only the last items. Every item
 # writes JSON into $WORK, packed into $OUT after each item; $OUT/summary.md is Markdown for
-# BENCHMARKS.md. ITEMS="input_folder e2e_dali e2e_dali_nocmdbuf e2e_tfdata input_cpu" is issue #16's plan
-# (unrun: see run_item). The default ITEMS are the second session's plan for issue #7 (same-session peer,
+# BENCHMARKS.md. ITEMS="input_folder e2e_dali e2e_dali_nocmdbuf e2e_tfdata main_folder_dali input_cpu" is
+# issue #16's plan (unrun so far: see run_item). The default ITEMS are the second session's plan for issue #7 (same-session peer,
 # where the ResNet-20 and ResNet-50 steps spend their time, and cheap levers); `run_item` below
 # lists every item, the first session's included.
 
@@ -190,6 +190,9 @@ run_item() {
         "${BENCH[@]}" "${R50[@]}" --no_loop --json="$WORK/r50_conv_fusion.json" ;;
 
     # --- issue #16: ImageNet from a JPEG folder, each input pipeline feeding the ResNet-50 step ---
+    # Through the trainer's own path: train.setup with data.path = the folder and data.pipeline, its
+    # run.batches and run.update (benchmarks/input_pipeline.py --e2e); img/s (wall) and host CPU ms per image
+    # (the process's CPU time, every thread), median of 3 rounds of 30 steps, feeds in turn within a round.
     # Need TensorFlow (tf.data rows) and NVIDIA DALI (dali rows) on the device machine: neither fits in the
     # device tool's 64 MiB carry (tensorflow-cpu ~1.4 GB, the DALI wheel 405 MiB), so these run only where
     # they are installed (pip install tensorflow-cpu==2.21.0 nvidia-dali-cuda120==2.4.0); each row is
@@ -197,19 +200,34 @@ run_item() {
     input_folder) # 1,024 + 64 generated ImageNet-like JPEGs (~110 KB, 500x375-800x600) in /tmp/ipbench
       item input_folder 60 240 python3 benchmarks/input_pipeline.py --workdir=/tmp/ipbench --train_images=1024 \
         --val_images=64 --only=none --skip=dali,quality --repeats=0 ;;
-    input_cpu) # the side-by-side host CPU table (tf.data ours/flax-style, DALI on the CPU) on this machine's cores
+    input_cpu) # the side-by-side host CPU table (tf.data ours/flax-style, through the trainer's folder
+      # iterator, DALI on the CPU) on this machine's cores
       item input_cpu 150 300 python3 benchmarks/input_pipeline.py --workdir=/tmp/ipbench --repeats=3 \
         --json="$WORK/input_cpu.json" ;;
-    e2e_tfdata) # ResNet-50 v1.5 (bf16, batch 256) fed by tf.data: float32 as today, uint8 normalised in the step
-      item e2e_tfdata 120 300 python3 benchmarks/input_pipeline.py --e2e --workdir=/tmp/ipbench --dtype=bfloat16 \
-        --config=configs/imagenet_r50.py:v1.5 --e2e_pipelines=tf.data --json="$WORK/e2e_tfdata.json" ;;
-    e2e_dali) # the same fed by DALI (nvJPEG ROI decode on the GPU), XLA's command buffers on (default flags)
+    e2e_tfdata) # ResNet-50 v1.5 (bf16, batch 256) fed by tf.data from the folder: uint8 crops normalised in the
+      # step with the prefetch thread (the trainer's default), without it, and float32 normalised on the host
+      item e2e_tfdata 150 300 python3 benchmarks/input_pipeline.py --e2e --workdir=/tmp/ipbench --dtype=bfloat16 \
+        --config=configs/imagenet_r50.py:v1.5 --repeats=3 --e2e_pipelines=tfdata,tfdata_no_prefetch,tfdata_float32 \
+        --json="$WORK/e2e_tfdata.json" ;;
+    e2e_dali) # the same fed by DALI (nvJPEG ROI decode on the GPU) with XLA's command buffers on (XLA's default;
+      # benchmarks do not go through main, which turns them off for a dali run)
       item e2e_dali 90 240 python3 benchmarks/input_pipeline.py --e2e --workdir=/tmp/ipbench --dtype=bfloat16 \
-        --config=configs/imagenet_r50.py:v1.5 --e2e_pipelines=dali --json="$WORK/e2e_dali.json" ;;
-    e2e_dali_nocmdbuf) # DALI with command buffers off, as DALI's JAX docs set them: what that costs the step
+        --config=configs/imagenet_r50.py:v1.5 --repeats=3 --e2e_pipelines=dali --json="$WORK/e2e_dali.json" ;;
+    e2e_dali_nocmdbuf) # DALI with command buffers off, as DALI's JAX docs set them and main defaults to for
+      # data.pipeline=dali: this pair's difference is what that default costs the step
       item e2e_dali_nocmdbuf 90 240 env XLA_FLAGS="--xla_gpu_enable_command_buffer=" python3 \
-        benchmarks/input_pipeline.py --e2e --workdir=/tmp/ipbench --dtype=bfloat16 \
+        benchmarks/input_pipeline.py --e2e --workdir=/tmp/ipbench --dtype=bfloat16 --repeats=3 \
         --config=configs/imagenet_r50.py:v1.5 --e2e_pipelines=dali --json="$WORK/e2e_dali_nocmdbuf.json" ;;
+    main_folder_dali) # the command line itself: 200 steps of ResNet-50 v1.5 from the folder with DALI (main's
+      # own XLA flags), to see the trainer's img/s lines and that a dali run trains on the card
+      rm -rf /tmp/main_folder_dali
+      item main_folder_dali 120 240 python3 -m resnet_jax.main --config=configs/imagenet_r50.py:v1.5 \
+        --workdir=/tmp/main_folder_dali --config.data.path=/tmp/ipbench/imagenet_like --config.data.pipeline=dali \
+        --config.model.dtype=bfloat16 --config.num_train_steps=200 --config.log_every_steps=50 \
+        --config.eval_every_steps=200 --config.checkpoint_every_steps=200 --config.data.eval_crop=center
+      mkdir -p "$WORK/main_folder_dali"
+      cp /tmp/main_folder_dali/{summary.json,metrics.jsonl,config.json} "$WORK/main_folder_dali/" 2>/dev/null
+      pack ;;
 
     # --- the first session's items (2026-11-27) ---
     r50_v15_loop) # ResNet-50 v1.5 with the trainer-like loop timed too

@@ -277,7 +277,7 @@ def flax_style(tf, files, batch: int, train: bool, dtype: str = "float32") -> Ca
 
 
 def dali_pipeline(files, labels, batch: int, what: str) -> Callable[[], Iterator]:
-    from resnet_jax.data import dali
+    from resnet_jax.data import dali, sources
 
     def make():
         import jax
@@ -287,9 +287,9 @@ def dali_pipeline(files, labels, batch: int, what: str) -> Callable[[], Iterator
         one = NamedSharding(Mesh(np.asarray(jax.devices()[:1]), ("data",)), PartitionSpec("data"))
         reps = 1_000  # an endless evaluation split for steady-state timing
         if what in ("center", "ten"):
-            src = dali.Source(tuple(files) * reps, np.tile(labels, reps))
+            src = sources.Source(tuple(files) * reps, np.tile(labels, reps))
             return dali.eval_iterator(src, batch, crop=what, mode="channel", device="cpu", sharding=one)
-        src = dali.Source(tuple(files), labels)
+        src = sources.Source(tuple(files), labels)
         return dali.train_iterator(src, batch, 17, augment=what, mode="channel", device="cpu", sharding=one)
 
     return make
@@ -318,14 +318,14 @@ def resize_quality(files: list[str], n: int = 48) -> list[dict]:
     where aliasing shows)."""
     from PIL import Image
 
-    from resnet_jax.data import dali, streamed
+    from resnet_jax.data import sampling, sources, streamed
 
     tf = streamed.tf_module()
     size, rows = 224, {}
-    hw = np.array([dali.image_hw(open(f, "rb").read()) for f in files[:n]])
+    hw = np.array([sources.image_hw(open(f, "rb").read()) for f in files[:n]])
     windows = {
-        "train": dali.inception_windows(hw, dali.uniforms(5, 0, np.arange(n), 40)),
-        "eval": dali.center_windows(hw, size),
+        "train": sampling.inception_windows(hw, sampling.uniforms(5, 0, np.arange(n), 40)),
+        "eval": sampling.center_windows(hw, size),
     }
     methods = {
         "bilinear, antialiased (ours: tf.image.resize antialias=True)": lambda x: streamed._resize(
@@ -359,124 +359,142 @@ def resize_quality(files: list[str], n: int = 48) -> list[dict]:
     ]
 
 
-# ---- End to end: the trainer's step fed by each pipeline (for a GPU; phase 2 wires data.pipeline). ----
+# ---- Through the trainer's own iterators (what a run reads: files, order, batching, uint8 or float). ----
 
 
-def end_to_end(args, files: list[str], labels: np.ndarray) -> list[dict]:
-    """The trainer's ResNet step (train.setup, train.train_step) fed from the folder by each pipeline."""
+def folder_iterators(root: str, batch: int, what: str, dtype: str) -> Callable[[], Iterator]:
+    """resnet_jax.data.streamed_folder's iterator over the folder, as the trainer builds it, one process."""
+    from resnet_jax import schema
+    from resnet_jax.data import jpeg_folder, streamed_folder
+
+    crop = {"center": {"eval_crop": "center"}, "ten": {"eval_crop": "ten"}}.get(what, {"augment": what})
+    cfg_data = schema.data_config(path=root, mean="channel", image_size=224, **crop)
+
+    def make():
+        if what in ("center", "ten"):
+            listing = jpeg_folder.listing(root, "eval")
+            reps = 1_000  # an endless evaluation split for steady-state timing
+            endless = jpeg_folder.Listing(
+                listing.paths * reps, np.tile(listing.labels, reps), listing.class_names
+            )
+            return streamed_folder.eval_iterator(endless, cfg_data, batch, (0, batch), dtype)
+        listing = jpeg_folder.listing(root, "train")
+        return streamed_folder.train_iterator(listing, cfg_data, batch, 17, 0, (0, batch), dtype)
+
+    return make
+
+
+# ---- End to end: the trainer's step fed by each pipeline through train.setup (the run's own path). ----
+
+E2E_FEEDS = ("tfdata", "tfdata_no_prefetch", "tfdata_float32", "dali")
+
+
+def float32_feed(run, root: str):
+    """(run, jitted update) whose host crops are normalised to the run's dtype on the host, as before."""
     import dataclasses
     import functools
 
     import jax
-    import jax.numpy as jnp
 
-    from resnet_jax import experiments, train
-    from resnet_jax.data import dali, streamed
-    from resnet_jax.inputs import to_global
+    from resnet_jax import train
+    from resnet_jax.data import jpeg_folder, streamed_folder
 
-    cfg = experiments.load_config(args.config)
-    cfg.data.name, cfg.data.path = "synthetic", ""
-    cfg.batch_size = args.e2e_batch
-    if args.dtype:
-        cfg.model.dtype = args.dtype
-    cfg.num_train_steps = 1_000_000
-    cfg.log_every_steps = cfg.eval_every_steps = cfg.checkpoint_every_steps = 1_000
-    run = train.setup(cfg)
-    mesh, dtype, b = run.mesh, run.dtype, cfg.batch_size
-    mean, std = (
-        np.asarray(streamed.IMAGENET_MEAN_RGB, np.float32),
-        np.asarray(streamed.IMAGENET_STD_RGB, np.float32),
+    cfg, listing, dtype = run.cfg, jpeg_folder.listing(root, "train"), jax.numpy.dtype(run.dtype).name
+
+    def host_train(start: int):
+        rows = (0, cfg.batch_size)  # one process
+        return streamed_folder.train_iterator(listing, cfg.data, cfg.batch_size, cfg.seed, start, rows, dtype)
+
+    floats = dataclasses.replace(
+        run.inputs, host_train=host_train, train_images=lambda rng, b: (b["image"], b["label"])
     )
-    if cfg.data.mean != "channel":
-        std = np.ones(3, np.float32)
+    step = functools.partial(
+        train.train_step, model=run.model, tx=run.tx, inputs=floats, skip_nonfinite=False
+    )
+    return dataclasses.replace(run, inputs=floats), jax.jit(step, donate_argnums=(0,))
 
-    def uint8_images(rng, batch):  # the phase-2 wiring: normalise (and light) in the step
-        x = (batch["image"].astype(jnp.float32) + batch["rgb"][:, None, None, :] - mean) / std
-        return x.astype(dtype), batch["label"]
 
-    def float_images(rng, batch):
-        return batch["image"].astype(dtype), batch["label"]
+def end_to_end(args, root: str) -> list[dict]:
+    """The trainer's update (train.setup from --config with data.path = the folder) fed by each feed:
+    tfdata (uint8 crops normalised in the step, batches put on the devices by a thread 2 ahead), the same
+    without the thread, the same with float32 crops normalised on the host (before this change), and dali.
+    Feeds run in turn over --repeats rounds of --e2e_steps timed steps (median), each after --warmup steps;
+    img/s is wall time, host CPU ms per image is this process's CPU time (every thread)."""
+    import jax
 
-    tf = streamed.tf_module()
-    seeded = lambda i: tf.stack([tf.constant(17, tf.int64), i])  # noqa: E731
-    label_of = tf.constant(labels)
-    size = cfg.data.image_size
+    from resnet_jax import config, experiments, train
 
-    def tf_uint8(i, d):
-        image, rgb = streamed.train_preprocess_uint8(tf, d, seeded(i), cfg.data.augment, size)
-        return {"image": image, "rgb": rgb, "label": tf.gather(label_of, i % len(files))}
-
-    def tf_float(i, d):
-        image = streamed.train_preprocess(tf, d, seeded(i), cfg.data.augment, size, cfg.data.mean, tf.float32)
-        return {"image": image, "label": tf.gather(label_of, i % len(files))}
-
-    local = b // jax.process_count()
-    feeds = {
-        "tf.data float32": (tf_pipeline(tf, files, tf_float, local), float_images, True),
-        "tf.data uint8 (normalised in the step)": (
-            tf_pipeline(tf, files, tf_uint8, local),
-            uint8_images,
-            True,
-        ),
-        "dali": (
-            lambda: dali.train_iterator(
-                dali.Source(tuple(files), labels),
-                b,
-                17,
-                augment=cfg.data.augment,
-                size=size,
-                mode=cfg.data.mean,
-            ),
-            float_images,
-            False,
-        ),
-    }
-    rows = []
-    for name, (make, images_fn, host) in feeds.items():
-        if args.e2e_pipelines and not any(p in name for p in args.e2e_pipelines.split(",")):
-            continue
-        feed = dataclasses.replace(run.inputs, device_held=False, held={}, train_images=images_fn)
-        step = jax.jit(
-            functools.partial(
-                train.train_step, model=run.model, tx=run.tx, inputs=feed, skip_nonfinite=False
-            ),
-            donate_argnums=(0,),
-        )
-        state, it = run.init(), make()
-
-        def next_batch(it=it, host=host):
-            batch = next(it)
-            return to_global(batch, mesh, False) if host else batch
-
-        for _ in range(args.warmup + 2):
-            state, metrics = step(state, next_batch())
-        jax.block_until_ready(state)
-        c0, w0 = time.process_time(), time.perf_counter()
-        for _ in range(args.e2e_steps):
-            state, metrics = step(state, next_batch())
-        jax.block_until_ready(state)
-        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-        n = args.e2e_steps * b
-        rows.append(
+    feeds = [f for f in (args.e2e_pipelines.split(",") if args.e2e_pipelines else E2E_FEEDS) if f]
+    unknown = sorted(set(feeds) - set(E2E_FEEDS))
+    if unknown:
+        raise SystemExit(f"unknown --e2e_pipelines {unknown}: choose from {', '.join(E2E_FEEDS)}")
+    runs = {}
+    for name in feeds:
+        cfg = experiments.load_config(args.config)
+        cfg.data.path, cfg.data.pipeline = root, "dali" if name == "dali" else "tfdata"
+        cfg.batch_size, cfg.num_train_steps = args.e2e_batch, 1_000_000
+        cfg.log_every_steps = cfg.eval_every_steps = cfg.checkpoint_every_steps = 1_000
+        if args.dtype:
+            cfg.model.dtype = args.dtype
+        for item in args.set:
+            key, _, value = item.partition("=")
+            config.override(cfg, key, value)
+        run = train.setup(cfg)
+        update = run.update
+        if name == "tfdata_no_prefetch":
+            run.inputs.prefetch = 0
+        if name == "tfdata_float32":
+            run, update = float32_feed(run, root)
+        runs[name] = (run, update, [run.init()])
+    rows = {name: [] for name in feeds}
+    for r in range(args.repeats):
+        for name, (run, update, holder) in runs.items():
+            batches, state = run.batches(0), holder[0]
+            for _ in range(args.warmup):
+                state, metrics = update(state, next(batches))
+            jax.block_until_ready(state)
+            c0, w0 = time.process_time(), time.perf_counter()
+            for _ in range(args.e2e_steps):
+                state, metrics = update(state, next(batches))
+            jax.block_until_ready(state)
+            cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+            holder[0] = state
+            batches.close()
+            n = args.e2e_steps * run.cfg.batch_size
+            rows[name].append((n / wall, cpu * 1e3 / n, float(metrics["loss"] / metrics["count"])))
+            print(
+                f"round {r + 1} {name}: {n / wall:.1f} img/s, {cpu * 1e3 / n:.2f} host CPU ms/img", flush=True
+            )
+    out = []
+    for name, samples in rows.items():
+        run = runs[name][0]
+        ips, cpu = [x[0] for x in samples], [x[1] for x in samples]
+        out.append(
             {
                 "pipeline": name,
-                "batch": b,
-                "images_per_s": n / wall,
-                "host_cpu_ms_per_image": cpu * 1e3 / n,
+                "model": f"{run.cfg.model.family} ResNet-{run.cfg.model.depth}",
+                "image_size": run.cfg.data.image_size,
+                "batch": run.cfg.batch_size,
+                "dtype": jax.numpy.dtype(run.dtype).name,
+                "images_per_s": float(np.median(ips)),
+                "images_per_s_min_max": [min(ips), max(ips)],
+                "host_cpu_ms_per_image": float(np.median(cpu)),
+                "host_cpu_ms_min_max": [min(cpu), max(cpu)],
+                "rounds": len(samples),
+                "last_loss": samples[-1][2],
                 "device": jax.devices()[0].device_kind,
+                "devices": jax.device_count(),
                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                "loss": float(metrics["loss"] / metrics["count"]),
             }
         )
-        print(json.dumps(rows[-1]), flush=True)
-        del it, state
-    return rows
+        print(json.dumps(out[-1]), flush=True)
+    return out
 
 
 # ---- The side-by-side run. ----
 
 
-def pipelines(args, files, labels, before) -> dict[str, tuple[str, Callable]]:
+def pipelines(args, root, files, labels, before) -> dict[str, tuple[str, Callable]]:
     """name -> (kind "train"/"eval", factory)."""
     from resnet_jax.data import streamed
 
@@ -496,6 +514,11 @@ def pipelines(args, files, labels, before) -> dict[str, tuple[str, Callable]]:
             out[f"before: ours {what} (float32)"] = (kind, ours(before, tf, files, batch, what))
         out[f"ours {what} (float32)"] = (kind, ours(streamed, tf, files, batch, what))
         out[f"ours {what} (uint8)"] = (kind, ours(streamed, tf, files, batch, f"{what}_uint8"))
+        for t in ("float32", "uint8"):
+            out[f"ours {what} through the folder iterator ({t})"] = (
+                kind,
+                folder_iterators(str(root), batch, what, t),
+            )
         if "dali" not in args.skip:
             out[f"dali cpu {what} (float32)"] = (kind, dali_pipeline(files, labels, batch, what))
     if args.only:
@@ -546,9 +569,8 @@ def main(argv=None) -> dict:
     p.add_argument("--config", default=str(ROOT / "configs/imagenet_r50.py"), help="--e2e: the experiment")
     p.add_argument("--e2e_batch", type=int, default=256)
     p.add_argument("--e2e_steps", type=int, default=30)
-    p.add_argument(
-        "--e2e_pipelines", default="", help="--e2e: comma list of substrings (tf.data, uint8, dali)"
-    )
+    p.add_argument("--e2e_pipelines", default="", help=f"--e2e: comma list of {', '.join(E2E_FEEDS)}")
+    p.add_argument("--set", action="append", default=[], help="--e2e: KEY=VALUE config override (repeatable)")
     p.add_argument("--dtype", default="", help="--e2e: model.dtype (e.g. bfloat16)")
     p.add_argument("--json", default="", help="also write the results here")
     args = p.parse_args(argv)
@@ -569,9 +591,9 @@ def main(argv=None) -> dict:
                 root, args.cifar_tar, args.train_images, args.val_images, args.target_kb, args.quality
             )
             print(f"generated {root} in {time.perf_counter() - t0:.0f} s", flush=True)
-    from resnet_jax.data import dali
+    from resnet_jax.data import sources
 
-    source = dali.folder_source(str(root), "train")
+    source = sources.folder_source(str(root), "train")
     files, labels = list(source.paths), source.labels
     stats = folder_stats(files)
     print("folder:", json.dumps(stats), flush=True)
@@ -584,12 +606,12 @@ def main(argv=None) -> dict:
         "folder": stats,
     }
     if args.e2e:
-        result = {"meta": meta, "e2e": end_to_end(args, files, labels)}
+        result = {"meta": meta, "e2e": end_to_end(args, str(root))}
     elif args.repeats == 0:  # only the folder (and its statistics)
         result = {"meta": meta}
     else:
         before = load_module(args.compare_with, "imagenet_before") if args.compare_with else None
-        named = pipelines(args, files, labels, before)
+        named = pipelines(args, root, files, labels, before)
         samples: dict[str, list[tuple[float, float]]] = {k: [] for k in named}
         for r in range(args.repeats):
             for name, (_, make) in named.items():

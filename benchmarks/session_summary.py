@@ -139,6 +139,24 @@ def aot_table(files: list[tuple[pathlib.Path, list]]) -> list[str]:
     return lines
 
 
+def e2e_table(files: list[tuple[pathlib.Path, dict]]) -> list[str]:
+    """benchmarks/input_pipeline.py --e2e: the trainer's step fed by each input pipeline."""
+    lines = [
+        "| item | feed | model | batch | dtype | img/s (min-max) | host CPU ms/img | XLA_FLAGS |",
+        "|---|---|---|---:|---|---:|---:|---|",
+    ]
+    for p, d in files:
+        for r in d["e2e"]:
+            lo, hi = r["images_per_s_min_max"]
+            lines.append(
+                f"| {p.stem} | {r['pipeline']} | {r['model']} {r['image_size']}px | {r['batch']} "
+                f"| {r['dtype']} "
+                f"| {r['images_per_s']:,.0f} ({lo:,.0f}-{hi:,.0f}) | {r['host_cpu_ms_per_image']:.2f} "
+                f"| `{r['xla_flags'] or '(none)'}` |"
+            )
+    return lines
+
+
 def header(files: list[tuple[pathlib.Path, dict]]) -> list[str]:
     env = files[0][1]["environment"]
     return [
@@ -168,6 +186,7 @@ def main(argv: list[str]) -> None:
         (files, lambda f: header(f) + step_table(f)),
         (holding("peer"), peer_table),
         (holding("profile"), profile_tables),
+        (holding("e2e"), e2e_table),
         (aot, aot_table),
         (sorted(p.parent for p in out.glob("*/metrics.jsonl")), run_table),
     ]

@@ -218,8 +218,8 @@ def model_options(cfg: ml_collections.ConfigDict, num_devices: int) -> schema.Mo
 
 def is_device_held(cfg_data: ml_collections.ConfigDict) -> bool:
     """True when the dataset is held whole on the devices (CIFAR, image folders, synthetic), False when
-    it is streamed from TFDS through tf.data."""
-    return bool(cfg_data.path) or cfg_data.name in DEVICE_HELD_NAMES
+    it is streamed (a TFDS set, or an ImageNet-style folder at data.path) through tf.data or DALI."""
+    return cfg_data.name in DEVICE_HELD_NAMES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,14 +230,19 @@ def check_data(d: ml_collections.ConfigDict) -> None:
     """The `data` section's own rules (DataError); whether the dataset is there is data.validate's."""
     if not d.name or not isinstance(d.name, str):
         raise DataError(f"data.name must name a dataset, not {d.name!r}.")
-    for key in ("mean", "augment", "eval_crop"):
+    for key in ("mean", "augment", "eval_crop", "pipeline"):
         allowed = schema.SCHEMA["data"][key].choices
         if d[key] not in allowed:
             raise DataError(f"data.{key} must be one of {', '.join(allowed)}, not {d[key]!r}.")
     if d.val_split < 0:
         raise DataError(f"data.val_split must be >= 0, not {d.val_split}.")
-    if d.path and d.name not in ("cifar10", "cifar100", "image_folder"):
-        raise DataError(f"data.path is read only for cifar10, cifar100 or image_folder, not for {d.name!r}.")
+    if d.path and d.name == "synthetic":
+        raise DataError("data.path is not read for synthetic data: set it to '' or name the dataset.")
+    if d.pipeline == "dali" and is_device_held(d):
+        raise DataError(
+            f"data.pipeline 'dali' streams ImageNet-style data (TFDS or a train/, val/ JPEG folder), but "
+            f"{d.name!r} is held on the devices: use data.pipeline='tfdata'."
+        )
     if d.name == "image_folder" and not d.path:
         raise DataError("data.name 'image_folder' needs data.path, a directory or .tar/.tar.gz archive.")
 
@@ -364,7 +369,7 @@ def check_run_length(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
 
 
 MODEL_KEYS = ("family", "depth", "shortcut", "stride_on", "bn", "bn_group_size", "init", "zero_init_residual")
-DATA_KEYS = ("name", "path", "val_split", "mean", "num_classes", "image_size")
+DATA_KEYS = ("name", "path", "val_split", "mean", "num_classes", "image_size", "pipeline")
 # Keys whose change on resume would silently change the run (batch order, step size); None: every key of
 # the section. The run's length and the log, eval and checkpoint intervals may change.
 RESUME_KEYS = {
@@ -395,11 +400,12 @@ def check_resume_config(cfg: ml_collections.ConfigDict, old: dict, workdir: str)
     old_data, new_data = old.get("data", {}), new.setdefault("data", {})
     if same_file(old_data.get("path") or "", new_data.get("path") or ""):
         new_data["path"] = old_data["path"]  # another spelling of the same data is no change
-    differ = []
+    differ, defaults = [], json.loads(schema.base_config().to_json())
     for section, keys in RESUME_KEYS.items():
         was, now = (old, new) if not section else (old.get(section, {}), new.get(section, {}))
+        default = defaults if not section else defaults[section]
         for key in keys or sorted(set(was) | set(now)):
-            if was.get(key) != now.get(key):
+            if was.get(key, default.get(key)) != now.get(key):  # a key added since: its default ran
                 differ.append(f"{section}.{key}" if section else key)
     if differ:
         raise ConfigError(

@@ -2,11 +2,13 @@
 
 Rerunning the same command resumes from the workdir's latest checkpoint. Override any config key
 with `--config.key=value`. The processes of a multi-host run (TPU VM slices, GKE, SLURM, Open MPI, or
-explicit coordinator flags) join in resnet_jax.cluster before anything touches the devices.
+explicit coordinator flags) join in resnet_jax.cluster before anything touches the devices. A run fed
+by DALI (data.pipeline='dali') turns XLA's command buffers off unless XLA_FLAGS already sets them.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -83,6 +85,10 @@ def main(argv: list[str]) -> None:
         sys.exit(USAGE_EXIT)
     if not FLAGS.verbose:
         logging.set_verbosity(logging.WARNING)  # orbax and jax log every checkpoint at INFO
+    if FLAGS.config.data.get("pipeline") == "dali":  # read when the devices are first touched, below
+        from resnet_jax.data import dali
+
+        os.environ["XLA_FLAGS"] = dali.xla_flags(os.environ.get("XLA_FLAGS", ""))
     from resnet_jax import cluster
 
     try:

@@ -86,9 +86,15 @@ SCHEMA: dict[str, Any] = {
         ),  # fmt: skip
         "path": Key(
             "",
-            "an image folder or .tar/.tar.gz <split>/<class>/<image>; empty: TFDS",
+            "CIFAR, image_folder: a folder or .tar/.tar.gz <split>/<class>/<image>; ImageNet-style sets: a "
+            "folder (or gs://) train/<class>/*.JPEG + val/ or validation/; empty: TFDS",
             free="checked by data.validate",
         ),  # fmt: skip
+        "pipeline": Key(
+            "tfdata",
+            "streamed data: tf.data on the host, or NVIDIA DALI (decoding on the GPUs)",
+            choices=("tfdata", "dali"),
+        ),
         "tfds_dir": Key("", "TFDS data_dir; empty: TFDS's default", free="checked by data.validate"),
         "cache_dir": Key("", "decoded-array cache; empty: ~/.cache/resnet_jax", free="created when written"),
         "val_split": Key(0, "training images held out as the evaluation set (paper: 5000)", lo=0),

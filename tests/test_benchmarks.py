@@ -297,6 +297,7 @@ def test_input_pipeline_benchmark_measures_every_pipeline_side_by_side(tmp_path,
     crops = ("inception", "paper", "center", "ten")
     expected = {f"flax-style {k} ({t})" for k in ("train", "eval") for t in ("float32", "uint8")}
     expected |= {f"ours {c} ({t})" for c in crops for t in ("float32", "uint8")}
+    expected |= {f"ours {c} through the folder iterator ({t})" for c in crops for t in ("float32", "uint8")}
     expected |= {f"dali cpu {c} (float32)" for c in crops} if has_dali else set()
     assert set(rows) == expected
     for r in rows.values():
@@ -312,3 +313,30 @@ def test_input_pipeline_benchmark_measures_every_pipeline_side_by_side(tmp_path,
     assert abs(stats["mean_kb"] - 110) < 4 * np.std(sizes) / math.sqrt(len(sizes)) + 11
     assert -3.0 < stats["spectrum_slope"] < -1.5  # natural images: about -2 (1/f amplitude)
     assert (tmp_path / "imagenet_like" / "val").is_dir()
+
+
+def test_input_pipeline_end_to_end_feeds_the_trainers_step_from_the_folder(tmp_path, cifar_tar):
+    """--e2e through train.setup with data.path = the generated folder: a row per feed, each trained."""
+    import importlib.util
+
+    bench = load_benchmark("input_pipeline")
+    try:
+        has_dali = importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:
+        has_dali = False
+    feeds = [f for f in bench.E2E_FEEDS if has_dali or f != "dali"]
+    argv = ["--quick", f"--workdir={tmp_path}", f"--cifar_tar={cifar_tar}", "--e2e", "--e2e_batch=8"]
+    argv += [
+        "--config=configs/cifar10.py:resnet8",
+        "--e2e_steps=2",
+        "--repeats=2",
+        f"--e2e_pipelines={','.join(feeds)}",
+    ]
+    argv += [f"--set={kv}" for kv in ("data.name=imagenet2012", "data.num_classes=0", "data.image_size=32")]
+    rows = {r["pipeline"]: r for r in bench.main(argv)["e2e"]}
+    assert set(rows) == set(feeds)
+    for r in rows.values():
+        assert (
+            r["images_per_s"] > 0 and r["host_cpu_ms_per_image"] > 0 and r["rounds"] == 1
+        )  # --quick: one round
+        assert math.isfinite(r["last_loss"]) and r["model"] == "cifar ResNet-8" and r["batch"] == 8

@@ -1,5 +1,6 @@
-"""data/dali.py: the folder and TFRecord sources, the host-side crop sampler against TensorFlow's, and the
-DALI pipeline (on the CPU) against the tf.data one: crop distributions, eval crops, exact resume."""
+"""data/sources.py (folder and TFRecord sources), data/sampling.py (the host-side crop sampler against
+TensorFlow's) and data/dali.py (the DALI pipeline on the CPU against the tf.data one: crop distributions,
+eval crops, exact resume)."""
 
 import builtins
 import io
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from resnet_jax.data import dali, streamed
+from resnet_jax.data import dali, sampling, sources, streamed
 from resnet_jax.data.common import DataError
 
 # Two-sample Kolmogorov-Smirnov critical value at alpha = 1e-3: D > c * sqrt((n + m) / (n m)), c = 1.949.
@@ -80,7 +81,7 @@ def test_missing_dali_names_the_pip_command(monkeypatch):
     with pytest.raises(DataError, match=r"pip install nvidia-dali-cuda120"):
         dali.require_dali()
     with pytest.raises(DataError, match=r"pip install nvidia-dali-cuda120"):
-        dali.train_iterator(dali.Source(("x",), np.zeros(1, np.int32)), 1, 0)
+        dali.train_iterator(sources.Source(("x",), np.zeros(1, np.int32)), 1, 0)
 
 
 def test_folder_source_labels_from_sorted_class_folders(tmp_path):
@@ -89,7 +90,7 @@ def test_folder_source_labels_from_sorted_class_folders(tmp_path):
     (tmp_path / "train" / "n01" / "extra.jpg").write_bytes(jpeg(img))  # mixed extensions are read
     (tmp_path / "train" / "n01" / "notes.txt").write_text("not an image")
     write_folder(tmp_path, {"n02": [img]}, split="validation")
-    train, val = dali.folder_source(str(tmp_path)), dali.folder_source(str(tmp_path), "eval")
+    train, val = sources.folder_source(str(tmp_path)), sources.folder_source(str(tmp_path), "eval")
     assert train.class_names == ("n01", "n02")
     assert [p.split("/")[-1] for p in train.paths] == ["extra.jpg", "n01_0.JPEG", "n02_0.JPEG", "n02_1.JPEG"]
     assert train.labels.tolist() == [0, 0, 1, 1]
@@ -113,7 +114,7 @@ def test_folder_source_refuses_bad_layouts(tmp_path, layout, message):
             (tmp_path / folder / f"{i}.JPEG").write_bytes(jpeg(ramp(8, 8)))
     with pytest.raises(DataError, match=message):
         split = "eval" if "val" in message or "lacks" in message else "train"
-        dali.folder_source(str(tmp_path), split)
+        sources.folder_source(str(tmp_path), split)
 
 
 def test_tfrecord_source_reads_tfds_style_examples(tmp_path):
@@ -129,35 +130,35 @@ def test_tfrecord_source_reads_tfds_style_examples(tmp_path):
                     "file_name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"f.JPEG"])),
                 }
                 w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    source = dali.tfrecord_source(str(tmp_path / "ds-train.tfrecord-*"))
+    source = sources.tfrecord_source(str(tmp_path / "ds-train.tfrecord-*"))
     assert len(source) == 5
     assert [source.read(i) for i in range(5)] == [(images[i], 1000 + i) for i in range(5)]
     with pytest.raises(DataError, match="no TFRecord shards"):
-        dali.tfrecord_source(str(tmp_path / "missing-*"))
+        sources.tfrecord_source(str(tmp_path / "missing-*"))
 
 
 def test_image_hw_reads_headers():
     from PIL import Image
 
-    assert dali.image_hw(jpeg(ramp(37, 53))) == (37, 53)
+    assert sources.image_hw(jpeg(ramp(37, 53))) == (37, 53)
     buf = io.BytesIO()
     Image.fromarray(ramp(21, 34)).save(buf, "PNG")
-    assert dali.image_hw(buf.getvalue()) == (21, 34)
+    assert sources.image_hw(buf.getvalue()) == (21, 34)
     with pytest.raises(DataError, match="could not be read"):
-        dali.image_hw(b"not an image at all")
+        sources.image_hw(b"not an image at all")
 
 
 def test_order_and_draws_are_pure_functions_of_seed_epoch_position():
-    a = dali.uniforms(3, 1, np.arange(100, 200), 5)
-    b = dali.uniforms(3, 1, np.arange(150, 200), 5)
+    a = sampling.uniforms(3, 1, np.arange(100, 200), 5)
+    b = sampling.uniforms(3, 1, np.arange(150, 200), 5)
     assert np.array_equal(a[50:], b)  # a position's draws do not depend on which others are drawn
-    assert not np.array_equal(a, dali.uniforms(3, 2, np.arange(100, 200), 5))
+    assert not np.array_equal(a, sampling.uniforms(3, 2, np.arange(100, 200), 5))
     assert a.min() >= 0 and a.max() < 1
     # Uniformity: the mean of n U(0,1) has std 1/sqrt(12 n); 5 sigma.
-    u = dali.uniforms(0, 0, np.arange(20_000), 3)
+    u = sampling.uniforms(0, 0, np.arange(20_000), 3)
     assert abs(u.mean() - 0.5) < 5 / math.sqrt(12 * u.size)
-    assert np.array_equal(dali.epoch_order(1, 4, 50), dali.epoch_order(1, 4, 50))
-    assert sorted(dali.epoch_order(1, 4, 50)) == list(range(50))
+    assert np.array_equal(sampling.epoch_order(1, 4, 50), sampling.epoch_order(1, 4, 50))
+    assert sorted(sampling.epoch_order(1, 4, 50)) == list(range(50))
 
 
 @pytest.mark.parametrize("augment", ["inception", "paper"])
@@ -167,9 +168,9 @@ def test_host_windows_follow_tensorflows_distribution(augment):
     n = 3000
     shapes = np.array([(375, 500), (500, 375), (333, 500), (600, 800)])[np.arange(n) % 4]
     ours = (
-        dali.inception_windows(shapes, dali.uniforms(1, 0, np.arange(n), 40))
+        sampling.inception_windows(shapes, sampling.uniforms(1, 0, np.arange(n), 40))
         if augment == "inception"
-        else dali.paper_windows(shapes, dali.uniforms(1, 0, np.arange(n), 3), 224)
+        else sampling.paper_windows(shapes, sampling.uniforms(1, 0, np.arange(n), 3), 224)
     )
     theirs = tf_windows(shapes, augment)
     for w in (ours, theirs):  # every window inside its image
@@ -243,11 +244,11 @@ def test_dali_and_tfdata_crops_have_the_same_distribution(tmp_path, dali_install
     area fraction and aspect, and the flip rate within 4 binomial sigma of 1/2 for both pipelines."""
     shapes = [(300, 400), (400, 300), (320, 320)]
     write_folder(tmp_path, {f"n{k}": [ramp(*s)] for k, s in enumerate(shapes)})
-    base = dali.folder_source(str(tmp_path))
+    base = sources.folder_source(str(tmp_path))
     reps, batch = 160, 40  # 480 crops each
     paths, labels = base.paths * reps, np.tile(base.labels, reps)
-    hw = np.array([dali.image_hw(open(p, "rb").read()) for p in paths])
-    d = _dali_train(dali.Source(paths, labels), batch, len(paths) // batch, augment, "uint8")["image"]
+    hw = np.array([sources.image_hw(open(p, "rb").read()) for p in paths])
+    d = _dali_train(sources.Source(paths, labels), batch, len(paths) // batch, augment, "uint8")["image"]
     t = _tf_train(paths, augment, uint8=True)
 
     def observed(images):
@@ -274,7 +275,7 @@ def test_dali_and_tfdata_crops_have_the_same_distribution(tmp_path, dali_install
 
 
 def _dali_positions(n: int, batch: int, steps: int) -> list[np.ndarray]:
-    order = dali.epoch_order(5, 0, n)
+    order = sampling.epoch_order(5, 0, n)
     return [order[s * batch : (s + 1) * batch] for s in range(steps)]
 
 
@@ -289,10 +290,10 @@ def test_dali_and_tfdata_outputs_have_the_same_mean_and_std(tmp_path, dali_insta
         smooth = np.kron(base, np.ones((80, 100, 1)))
         images[f"n{k}"] = [np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)]
     write_folder(tmp_path, images)
-    base = dali.folder_source(str(tmp_path))
+    base = sources.folder_source(str(tmp_path))
     reps, batch = 80, 40
     paths, labels = base.paths * reps, np.tile(base.labels, reps)
-    d = _dali_train(dali.Source(paths, labels), batch, len(paths) // batch, "paper", "float32")["image"]
+    d = _dali_train(sources.Source(paths, labels), batch, len(paths) // batch, "paper", "float32")["image"]
     t = _tf_train(paths, "paper", uint8=False)
     level = 1 / min(streamed.IMAGENET_STD_RGB)
     for stat in (lambda x: x.mean((1, 2)), lambda x: x.std((1, 2))):
@@ -323,7 +324,7 @@ def test_dali_eval_crops_equal_tfdatas_within_the_decoder_and_resize_bound(tmp_p
         pics.append(np.clip(blocks + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8))
     write_folder(tmp_path, {"n0": pics}, split="train")
     write_folder(tmp_path, {"n0": pics}, split="val")
-    source = dali.folder_source(str(tmp_path), "eval")
+    source = sources.folder_source(str(tmp_path), "eval")
     tf = streamed.tf_module()
     out = next(iter(dali.eval_iterator(source, 8, crop="center", dtype="uint8", device="cpu")))
     center = np.asarray(out["image"]).astype(np.int32)
@@ -336,8 +337,8 @@ def test_dali_eval_crops_equal_tfdatas_within_the_decoder_and_resize_bound(tmp_p
     def check(i):
         data = source.read(i)[0]
         enc = np.frombuffer(data, np.uint8)
-        hw = np.array([dali.image_hw(data)])
-        y, x, h, w = (int(v) for v in dali.center_windows(hw, 224)[0])
+        hw = np.array([sources.image_hw(data)])
+        y, x, h, w = (int(v) for v in sampling.center_windows(hw, 224)[0])
         tf_window = tf.image.decode_and_crop_jpeg(data, [y, x, h, w], channels=3).numpy().astype(np.int32)
 
         def decode_window():
@@ -359,7 +360,7 @@ def test_dali_eval_crops_equal_tfdatas_within_the_decoder_and_resize_bound(tmp_p
         assert np.abs(center[i] - ours).max() <= bound, (np.abs(center[i] - ours).max(), e_decode, e_resize)
         # Ten crops decode the whole image and resize it to shorter side 256: the same bound, for those steps.
         whole = tf.io.decode_jpeg(data, channels=3).numpy()
-        new_h, new_w = (int(v) for v in dali.ten_crop_geometry(hw, 224)[0][0])
+        new_h, new_w = (int(v) for v in sampling.ten_crop_geometry(hw, 224)[0][0])
         e_whole = np.abs(
             _dali_run(
                 lambda: fn.decoders.image(fn.external_source(source=lambda: [enc], batch=True), device="cpu")
@@ -389,7 +390,7 @@ def test_dali_training_resumes_exactly_at_any_device_count(tmp_path, dali_instal
     write_folder(
         tmp_path, {f"n{k}": [rng.integers(0, 255, (60, 80, 3), np.uint8) for _ in range(3)] for k in range(4)}
     )
-    source = dali.folder_source(str(tmp_path))  # 12 images, batch 8: one step per epoch, 4 dropped
+    source = sources.folder_source(str(tmp_path))  # 12 images, batch 8: one step per epoch, 4 dropped
     devices = jax.devices()
     one = NamedSharding(Mesh(np.asarray(devices[:1]), ("data",)), PartitionSpec("data"))
     eight = NamedSharding(Mesh(np.asarray(devices[:8]), ("data",)), PartitionSpec("data"))
@@ -416,7 +417,7 @@ def test_dali_eval_covers_every_example_once_with_a_padded_tail(tmp_path, dali_i
         },
         "val",
     )
-    source = dali.folder_source(str(tmp_path), "eval")  # 6 examples, batch 4: 2 batches, 2 padded rows
+    source = sources.folder_source(str(tmp_path), "eval")  # 6 examples, batch 4: 2 batches, 2 padded rows
     four = NamedSharding(Mesh(np.asarray(jax.devices()[:4]), ("data",)), PartitionSpec("data"))
     batches = list(dali.eval_iterator(source, 4, size=16, device="cpu", sharding=four))
     assert len(batches) == 2
@@ -424,3 +425,39 @@ def test_dali_eval_covers_every_example_once_with_a_padded_tail(tmp_path, dali_i
     labels = np.concatenate([np.asarray(b["label"]) for b in batches])
     assert masks.tolist() == [True] * 6 + [False] * 2
     assert labels[:6].tolist() == [0, 0, 1, 1, 1, 1]
+
+
+def test_a_dali_run_turns_command_buffers_off_unless_the_flags_choose():
+    off = "--xla_gpu_enable_command_buffer="
+    assert dali.xla_flags("") == off
+    assert (
+        dali.xla_flags("--xla_force_host_platform_device_count=8")
+        == f"--xla_force_host_platform_device_count=8 {off}"
+    )
+    chosen = "--xla_gpu_enable_command_buffer=FUSION,CUBLAS"
+    assert dali.xla_flags(chosen) == chosen
+
+
+def test_dali_uint8_crops_and_lighting_normalised_in_the_step_equal_dalis_float_output(
+    tmp_path, dali_installed
+):
+    """The trainer takes DALI's uint8 crop and its lighting offset and normalises in the step
+    (inputs.normalize_streamed); that equals DALI's own float32 output of the same draws (the same resized
+    uint8 pixels, normalised in float32), up to float32 rounding of values below 3 in magnitude."""
+    import jax.numpy as jnp
+
+    from resnet_jax import inputs
+
+    rng = np.random.default_rng(4)
+    write_folder(
+        tmp_path, {f"n{k}": [rng.integers(0, 255, (60, 80, 3), np.uint8) for _ in range(4)] for k in range(2)}
+    )
+    source = sources.folder_source(str(tmp_path))
+    one = NamedSharding(Mesh(np.asarray(jax.devices()[:1]), ("data",)), PartitionSpec("data"))
+    kw = dict(augment="paper", size=32, mode="channel", sharding=one, device="cpu")
+    floats = next(dali.train_iterator(source, 8, 5, dtype="float32", **kw))
+    ints = next(dali.train_iterator(source, 8, 5, dtype="uint8", **kw))
+    assert set(ints) == {"image", "label", "rgb"} and np.abs(np.asarray(ints["rgb"])).max() > 0
+    ours = inputs.normalize_streamed({k: jnp.asarray(v) for k, v in ints.items()}, "channel", jnp.float32)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(floats["image"]), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(ints["label"]), np.asarray(floats["label"]))

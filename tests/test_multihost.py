@@ -248,3 +248,33 @@ def test_two_processes_stream_a_tfds_dataset_and_evaluate_every_image_once(tiny_
     assert one["eval/count"] == two["eval/count"] == TINY_TFDS_VAL
     assert one["eval/top1_error"] == two["eval/top1_error"], (one, two)
     np.testing.assert_allclose(one["eval/loss"], two["eval/loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("pipeline", ["tfdata", "dali"])
+def test_two_processes_read_a_jpeg_folder_as_one_process_does(tmp_path, pipeline):
+    """An ImageNet-style folder, through tf.data or DALI: each process reads its rows of the same global
+    batches, so 2 x 4 devices train as 1 x 8 (up to the cross-device sums' order, reduction_order_tolerance)
+    and evaluate every image once."""
+    if pipeline == "dali":
+        pytest.importorskip("nvidia.dali", reason="DALI is optional: pip install nvidia-dali-cuda120==2.4.0")
+    from test_data_folder import SIZES, blocks, write
+
+    rng, folder = np.random.default_rng(5), tmp_path / "folder"
+    for cls in ("n0", "n1"):
+        write(folder, "train", cls, [blocks(rng, *SIZES[i % 4]) for i in range(8)])
+        write(folder, "val", cls, [blocks(rng, *SIZES[i % 4]) for i in range(5)])
+    overrides = {
+        "data.name": "imagenet2012", "data.path": str(folder), "data.pipeline": pipeline,
+        "data.num_classes": 0, "data.image_size": 32, "data.eval_crop": "center", "data.augment": "paper",
+        "batch_size": 8, "num_train_steps": 2, "eval_every_steps": 2, "checkpoint_every_steps": 2,
+    }  # fmt: skip
+    single, pair = tmp_path / "single", tmp_path / "pair"
+    procs = start_pair(pair, *(f"--config.{k}={v}" for k, v in overrides.items()))
+    one = train.train_and_evaluate(tiny_config(**overrides), str(single))
+    outputs = finish_pair(procs)
+    assert "on process 0 of 2, 8 cpu devices" in outputs[0] and "done: step 2" in outputs[0]
+    a, b = restore_state(single, 2), restore_state(pair, 2)
+    tol = reduction_order_tolerance(steps=2, devices=8, bn_layers=len(a["batch_stats"]))
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=tol, atol=tol), a, b)
+    (two,) = [r for r in read_metrics(pair) if "eval/count" in r]
+    assert two["eval/count"] == 10 and one["done"]  # the 10 validation images, each once

@@ -222,3 +222,25 @@ def test_summary_marks_rows_compiled_with_the_layout_and_donation_experiments(tm
     (tmp_path / "r20_layouts.json").write_text(json.dumps(result))
     rows = [line for line in summary(tmp_path).splitlines() if line.startswith("| r20_layouts")]
     assert rows and all("| r20_layouts `--state_layout auto` `--no_donate` |" in line for line in rows)
+
+
+def test_summary_tables_the_input_pipelines_end_to_end(tmp_path):
+    """input_pipeline.py --e2e rows (e2e_tfdata.json, e2e_dali_nocmdbuf.json) become one table."""
+    row = {
+        "pipeline": "dali", "model": "imagenet ResNet-50", "image_size": 224, "batch": 256,
+        "dtype": "bfloat16",
+        "images_per_s": 6543.2, "images_per_s_min_max": [6400.0, 6600.0], "host_cpu_ms_per_image": 0.41,
+        "xla_flags": "--xla_gpu_enable_command_buffer=",
+    }  # fmt: skip
+    (tmp_path / "e2e_dali_nocmdbuf.json").write_text(json.dumps({"meta": {}, "e2e": [row]}))
+    tf_row = {**row, "pipeline": "tfdata", "xla_flags": "", "images_per_s": 3210.0}
+    (tmp_path / "e2e_tfdata.json").write_text(json.dumps({"meta": {}, "e2e": [tf_row]}))
+    text = summary(tmp_path)
+    assert (
+        "| e2e_dali_nocmdbuf | dali | imagenet ResNet-50 224px | 256 | bfloat16 | 6,543 (6,400-6,600) | 0.41 "
+        "| `--xla_gpu_enable_command_buffer=` |" in text
+    )
+    assert (
+        "| e2e_tfdata | tfdata | imagenet ResNet-50 224px | 256 | bfloat16 | 3,210" in text
+        and "(none)" in text
+    )

@@ -1,6 +1,8 @@
-"""ImageNet (and any TFDS image-classification dataset) streamed with tf.data, one pipeline per process.
+"""ImageNet (and any TFDS image-classification dataset) streamed with tf.data, one pipeline per process, and
+the ImageNet preprocessing as TensorFlow graph functions (shared with the folder reader, streamed_folder.py).
 
-Host batches of decoded, augmented, normalised images; what the devices do with them is inputs.py's.
+Host batches of decoded, augmented images: normalised in a float dtype, or uint8 with each crop's lighting
+offset for the step to normalise; what the devices do with them is inputs.py's.
 
 Training ("paper", section 3.4): shorter side resized to a random length in [256, 480], random 224 crop,
 horizontal flip, mean subtraction, AlexNet PCA colour noise (std 0.1). "inception": random resized crop
@@ -48,7 +50,7 @@ def _local_batch(global_batch_size: int) -> tuple[int, int, int]:
     return global_batch_size // count, index, count
 
 
-def _seeds(*values: int) -> list[int]:
+def derived_seeds(*values: int) -> list[int]:
     """Three 31-bit seeds derived from `values` (a pure function)."""
     words = np.random.SeedSequence([int(v) % (1 << 63) for v in values]).generate_state(3)
     return [int(w) >> 1 for w in words]
@@ -165,7 +167,10 @@ def _normalize(tf, image, mode: str, dtype, rgb=None):
 
 
 def _to_uint8(tf, image):
-    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    """Round a resized crop to uint8. Bilinear weights (antialiased or not) are non-negative and sum to 1, so
+    the values stay within the decoded [0, 255] (up to float rounding) and need no clip: + 0.5 and the
+    truncating cast cost half of round + clip + cast (BENCHMARKS.md)."""
+    return tf.cast(image + 0.5, tf.uint8)
 
 
 def _train_crop(tf, data, seed, augment: str, size: int):
@@ -244,6 +249,39 @@ def ten_crop_preprocess_uint8(tf, data, size: int):
     return _to_uint8(tf, _ten_crops(tf, data, size))
 
 
+# ---- One example as the iterators map it (shared by the TFDS and the folder iterators). ----
+
+
+def is_uint8(dtype: Any) -> bool:
+    return (dtype if isinstance(dtype, str) else np.dtype(dtype).name) == "uint8"
+
+
+def train_example(tf, cfg_data: ml_collections.ConfigDict, dtype: Any):
+    """(seed [2] int64, encoded image) -> {"image": the augmented crop}: normalised in `dtype`, or for
+    uint8 the crop before its normalisation plus "rgb", its PCA lighting offset (zeros for "inception")."""
+    augment, size, mode = cfg_data.augment, int(cfg_data.image_size), cfg_data.mean
+    if is_uint8(dtype):
+
+        def uint8(seed, data):
+            image, rgb = train_preprocess_uint8(tf, data, seed, augment, size)
+            return {"image": image, "rgb": rgb}
+
+        return uint8
+    out = _tf_dtype(tf, dtype)
+    return lambda seed, data: {"image": train_preprocess(tf, data, seed, augment, size, mode, out)}
+
+
+def eval_example(tf, cfg_data: ml_collections.ConfigDict, dtype: Any):
+    """(encoded image -> the evaluation crop(s) in `dtype` or uint8, the zero image that pads a batch)."""
+    size, mode, crop = int(cfg_data.image_size), cfg_data.mean, cfg_data.eval_crop
+    shape = [size, size, 3] if crop == "center" else [10, size, size, 3]
+    if is_uint8(dtype):
+        preprocess = center_preprocess_uint8 if crop == "center" else ten_crop_preprocess_uint8
+        return (lambda data: preprocess(tf, data, size)), tf.zeros(shape, tf.uint8)
+    preprocess, out = center_preprocess if crop == "center" else ten_crop_preprocess, _tf_dtype(tf, dtype)
+    return (lambda data: preprocess(tf, data, size, mode, out)), tf.zeros(shape, out)
+
+
 # ---- The iterators. ----
 
 
@@ -275,16 +313,15 @@ def train_epoch_dataset(
     process: int,
     dtype: Any = "float32",
 ):
-    """tf.data pipeline of one epoch's batches [skip, steps) of this process (deterministic in its seeds)."""
+    """tf.data pipeline of one epoch's batches [skip, steps) of this process (deterministic in its seeds);
+    `dtype` uint8: crops before normalisation, with their lighting offsets ("rgb")."""
     tf = tf_module()
-    file_seed, shuffle_seed, aug_seed = _seeds(seed, epoch, process)
-    augment, size = cfg_data.augment, int(cfg_data.image_size)
-    mode, out_dtype = cfg_data.mean, _tf_dtype(tf, dtype)
+    file_seed, shuffle_seed, aug_seed = derived_seeds(seed, epoch, process)
+    crop = train_example(tf, cfg_data, dtype)
 
     def prepare(i, example):
         seed_pair = tf.stack([tf.constant(aug_seed, tf.int64), i])
-        image = train_preprocess(tf, example["image"], seed_pair, augment, size, mode, out_dtype)
-        return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+        return {**crop(seed_pair, example["image"]), "label": tf.cast(example["label"], tf.int32)}
 
     ds = _as_dataset(builder, split, file_seed).enumerate()
     ds = ds.shuffle(int(cfg_data.shuffle_buffer), seed=shuffle_seed)
@@ -328,16 +365,13 @@ def eval_iterator(
     local_batch, index, count = _local_batch(global_batch_size)
     builder = tfds_builder(cfg_data.name, cfg_data.tfds_dir, allow_download=True)
     _, span = spans(builder, cfg_data)
-    size, mode = int(cfg_data.image_size), cfg_data.mean
-    crop, out_dtype = cfg_data.eval_crop, _tf_dtype(tf, dtype)
-    preprocess = center_preprocess if crop == "center" else ten_crop_preprocess
-    shape = [size, size, 3] if crop == "center" else [10, size, size, 3]
+    crop, zeros = eval_example(tf, cfg_data, dtype)
 
     def prepare(example):
-        image = preprocess(tf, example["image"], size, mode, out_dtype)
+        image = crop(example["image"])
         return {"image": image, "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
 
-    padding = {"image": tf.zeros(shape, out_dtype), "label": tf.constant(0), "mask": tf.constant(False)}
+    padding = {"image": zeros, "label": tf.constant(0), "mask": tf.constant(False)}
     num = eval_batches(len(span), global_batch_size, count) * local_batch
     ds = _as_dataset(builder, span.part(index, count, equal=False), None)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
