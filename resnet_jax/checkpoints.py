@@ -146,7 +146,10 @@ def _fold(leaves: list) -> jax.Array:
         i = jnp.arange(b.size, dtype=jnp.uint32)
         sums.append(
             jnp.stack(
-                [(b * (2 * i + 1)).sum(dtype=jnp.uint32), (b * (i * 0x9E3779B1 | 1)).sum(dtype=jnp.uint32)]
+                [
+                    (b * (2 * i + 1)).sum(dtype=jnp.uint32),
+                    (b * (i * jnp.uint32(0x9E3779B1) | 1)).sum(dtype=jnp.uint32),
+                ]
             )
         )
     return jnp.stack(sums) if sums else jnp.zeros((0, 2), jnp.uint32)
@@ -280,11 +283,13 @@ def failure(mngr: ocp.CheckpointManager, step: int, e: Exception) -> TrainingErr
         pass
     with contextlib.suppress(Exception):  # e.g. the directory itself is gone
         mngr.reload()
-    good = mngr.latest_step() if epath.Path(mngr.directory).is_dir() else None
+    gone = not epath.Path(mngr.directory).is_dir()
+    good = None if gone else mngr.latest_step()
     kept = (
         f"the last complete checkpoint (step {good}) is intact"
         if good is not None
-        else "no complete checkpoint is left (was the directory removed?), so a rerun starts from step 0"
+        else f"no complete checkpoint is left{' (the directory was removed)' if gone else ''}, so a rerun "
+        "starts from step 0"
     )
     return TrainingError(
         f"writing checkpoint {step} in {mngr.directory} failed ({type(e).__name__}: {e}); {kept}: free disk "
