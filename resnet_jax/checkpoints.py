@@ -116,6 +116,7 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=True, cleanup_tmp_directories=True
     )
+    quiet_closed_loops()
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -136,33 +137,26 @@ def _bits(x: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _fold(leaves: list) -> jax.Array:
-    """[len(leaves), 2] uint32: per array, the sums of its bits times two odd weights of their position
-    (odd: invertible mod 2**32, so any one changed word changes both sums; wrapping integer sums are
-    exact, so the order of the reduction, hence the device count, does not matter)."""
-    sums = []
-    for x in leaves:
-        b = _bits(x)
-        i = jnp.arange(b.size, dtype=jnp.uint32)
-        sums.append(
-            jnp.stack(
-                [
-                    (b * (2 * i + 1)).sum(dtype=jnp.uint32),
-                    (b * (i * jnp.uint32(0x9E3779B1) | 1)).sum(dtype=jnp.uint32),
-                ]
-            )
-        )
-    return jnp.stack(sums) if sums else jnp.zeros((0, 2), jnp.uint32)
+def _fold(x: jax.Array) -> jax.Array:
+    """uint32[2]: the sums of the bits of `x` times two odd weights of their position (odd: invertible mod
+    2**32, so any one changed word changes both sums; wrapping integer sums are exact, so the order of the
+    reduction, hence the device count, does not matter). One small program per shape and dtype, shared by
+    the arrays that have it (faster to compile and to run on CPU than one program for the whole tree)."""
+    b = _bits(x)
+    i = jnp.arange(b.size, dtype=jnp.uint32)
+    odd = (b * (2 * i + 1)).sum(dtype=jnp.uint32)
+    return jnp.stack([odd, (b * (i * jnp.uint32(0x9E3779B1) | 1)).sum(dtype=jnp.uint32)])
 
 
 def checksums(tree: Any) -> dict[str, list[int]]:
-    """{"params/conv1/kernel": [s1, s2], ...} for every array of `tree` (its path, however it is nested)."""
+    """{"params/conv1/kernel": [s1, s2], ...} for every array of `tree` (its path, however it is nested),
+    computed where the arrays are: only the small vector of sums is fetched."""
     leaves = jax.tree_util.tree_leaves_with_path(tree)
-    sums = jax.device_get(_fold([x for _, x in leaves]))
-    return {
-        jax.tree_util.keystr(p, simple=True, separator="/"): [int(a), int(b)]
-        for (p, _), (a, b) in zip(leaves, sums, strict=True)
-    }
+    if not leaves:
+        return {}
+    sums = jax.device_get(jnp.stack([_fold(x) for _, x in leaves]))
+    names = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in leaves]
+    return {name: [int(a), int(b)] for name, (a, b) in zip(names, sums, strict=True)}
 
 
 def _digest(clock: dict) -> str:
@@ -208,10 +202,11 @@ def save(mngr: ocp.CheckpointManager, state: Any, clock: dict, metrics: dict | N
 VERBOSE = False  # main.py's --verbose: show the tracebacks of handled faults too
 
 
-def _quiet_closed_loops() -> None:
-    """A failed orbax restore closes its event loop while tensorstore reads are still in flight; each then
-    reports "Event loop is closed" as an unraisable exception, one traceback each (60 for one damaged
-    checkpoint). They are the failure already reported in one warning: drop them, unless VERBOSE."""
+def quiet_closed_loops() -> None:
+    """A failed orbax restore or save closes its event loop while tensorstore reads or writes are still in
+    flight; each then reports "Event loop is closed" as an unraisable exception, one traceback each (60
+    for one damaged checkpoint). They are the failure already reported in one line: drop them (only
+    them), unless VERBOSE."""
     previous = sys.unraisablehook
     if VERBOSE or getattr(previous, "quiet_closed_loops", False):
         return
@@ -234,6 +229,7 @@ def restore(
     A resuming run sets damaged ones aside (so their steps can be written again); readers such as
     `analyze` pass `set_aside_damaged=False` and leave the workdir untouched.
     """
+    quiet_closed_loops()
     steps = sorted(mngr.all_steps(), reverse=True)
     for i, step in enumerate(steps):
         target = abstract(step) if callable(abstract) else abstract
@@ -244,7 +240,6 @@ def restore(
             )
             clock = verify(restored["state"], restored["clock"])
         except Exception as e:  # noqa: BLE001 - any unreadable or damaged checkpoint is skipped the same way
-            _quiet_closed_loops()
             where = os.path.join(str(mngr.directory), str(step))
             why = f"is damaged ({e})" if isinstance(e, Damaged) else f"is unreadable ({type(e).__name__})"
             print(f"warning: checkpoint {where} {why}; trying the previous one", file=sys.stderr, flush=True)
@@ -291,9 +286,10 @@ def failure(mngr: ocp.CheckpointManager, step: int, e: Exception) -> TrainingErr
         else f"no complete checkpoint is left{' (the directory was removed)' if gone else ''}, so a rerun "
         "starts from step 0"
     )
+    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
     return TrainingError(
-        f"writing checkpoint {step} in {mngr.directory} failed ({type(e).__name__}: {e}); {kept}: free disk "
-        "space or fix permissions, then rerun the same command"
+        f"writing checkpoint {step} in {mngr.directory} failed ({type(e).__name__}: {why}); {kept}: free "
+        "disk space or fix permissions, then rerun the same command"
     )
 
 
