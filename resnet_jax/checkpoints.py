@@ -37,7 +37,7 @@ def check_workdir(workdir: str) -> None:
     try:
         root = epath.Path(workdir)
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{jax.process_index()}"
+        probe = root / f".write-test-{jax.process_index()}-{os.getpid()}"  # own name: starts may race
         probe.write_text("ok")
         probe.unlink()
     except Exception as e:  # noqa: BLE001 - OSError locally, the store's own errors for gs:// and the like

@@ -27,6 +27,8 @@ from test_reliability import assert_same_run, deterministic_metrics
 
 from resnet_jax import train
 
+pytestmark = pytest.mark.slow  # trainer processes: minutes for the file
+
 STEPS = 24  # test_reliability's run (its assert_same_run compares checkpoint 24)
 OVERRIDES = dict(num_train_steps=STEPS, checkpoint_every_steps=2, log_every_steps=2, eval_every_steps=8)
 NOISE = re.compile(r"Traceback|^[EWF]\d{4} |^WARNING:|^ERROR:", re.M)  # tracebacks, absl/orbax log lines
