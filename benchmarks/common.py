@@ -114,7 +114,9 @@ def write_json(path: str | pathlib.Path, obj: dict | list) -> None:
     """Write a benchmark's result as indented JSON, creating the parent folder."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2))
+    from resnet_jax.workdir import write_whole  # a kill mid-write leaves the previous result whole
+
+    write_whole(path, json.dumps(obj, indent=2))
 
 
 @contextlib.contextmanager

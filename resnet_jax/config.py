@@ -93,7 +93,7 @@ def check_keys(cfg: Any, section: str = "", types_only: bool = False) -> None:
     or choices. `cfg` may be a ConfigDict or a ModelOptions (attributes named as the keys)."""
     declared = {k: v for k, v in schema.keys().items() if k.startswith(f"{section}.") or not section}
     if isinstance(cfg, ml_collections.ConfigDict):
-        extra = sorted(set(_flat(cfg, section)) - set(declared))
+        extra = sorted(set(flat(cfg, f"{section}." if section else "")) - set(declared))
         if extra:
             raise ConfigError(f"{extra[0]!r} is not a config key; the keys are in resnet_jax/schema.py")
     for name, key in declared.items():
@@ -108,11 +108,12 @@ def check_keys(cfg: Any, section: str = "", types_only: bool = False) -> None:
             raise ConfigError(f"{name} {problem}; got {node!r}")
 
 
-def _flat(cfg: ml_collections.ConfigDict, prefix: str) -> list[str]:
-    out = []
-    for k, v in cfg.items():
-        name = f"{prefix}.{k}" if prefix else k
-        out += _flat(v, name) if isinstance(v, ml_collections.ConfigDict) else [name]
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model.depth": 20, ...} of a nested dict or ConfigDict."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        nested = isinstance(v, dict | ml_collections.ConfigDict)
+        out.update(flat(v, f"{prefix}{k}.") if nested else {prefix + k: v})
     return out
 
 
@@ -366,19 +367,23 @@ def check_run_length(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # On resume: against the config and the clock the checkpointed run wrote.
-
-
-MODEL_KEYS = ("family", "depth", "shortcut", "stride_on", "bn", "bn_group_size", "init", "zero_init_residual")
-DATA_KEYS = ("name", "path", "val_split", "mean", "num_classes", "image_size", "pipeline")
-# Keys whose change on resume would silently change the run (batch order, step size); None: every key of
-# the section. The run's length and the log, eval and checkpoint intervals may change.
-RESUME_KEYS = {
-    "": ("seed", "batch_size"),
-    "model": MODEL_KEYS,
-    "data": DATA_KEYS,
-    "optimizer": None,
-    "schedule": None,
+# Deny by default: on resume every key must equal the run's config.json except these, which cannot change
+# what is computed (docs: RELIABILITY.md); allow_config_change resumes anyway.
+MAY_CHANGE = {
+    "num_train_steps": "the run's length: the steps so far stay as they were (not with a cosine schedule)",
+    "num_epochs": "the same (not with a cosine schedule, whose every step's lr depends on the length)",
+    "log_every_steps": "what is logged, not what is computed",
+    "eval_every_steps": "when the evaluation split is measured; evaluating changes no state",
+    "checkpoint_every_steps": "when the state is saved: a resumed run is bit-identical to a straight one",
+    "keep_checkpoints": "how many checkpoints are kept",
+    "steps_per_call": "fused steps are the same steps (tested equal); check_resume keeps them on its grid",
+    "profile_steps": "a trace of some steps",
+    "nan_policy": "acts only at a non-finite step, which 'stop' ends: 'skip' after a stop is its use",
+    "allow_config_change": "this switch",
+    "data.cache_dir": "where decoded arrays are cached; the cache is keyed by the source's content",
+    "data.eval_batch_size": "how evaluation is batched: training is untouched (eval sums: last-bit rounding)",
 }
+SAME_PLACE = ("data.path", "data.tfds_dir")  # the same file spelled another way is no change
 
 
 def same_file(a: str, b: str) -> bool:
@@ -392,21 +397,20 @@ def same_file(a: str, b: str) -> bool:
 
 
 def check_resume_config(cfg: ml_collections.ConfigDict, old: dict, workdir: str) -> None:
-    """Refuse to resume a run whose model, data, batch, seed or optimizer config differs from `old` (the
-    run's config.json), unless allow_config_change."""
+    """Refuse to resume a run whose config differs from `old` (the run's config.json) in any key but
+    MAY_CHANGE, unless allow_config_change. A key `old` lacks (added since) must have its default."""
     if cfg.allow_config_change:
         return
-    new = json.loads(cfg.to_json())
-    old_data, new_data = old.get("data", {}), new.setdefault("data", {})
-    if same_file(old_data.get("path") or "", new_data.get("path") or ""):
-        new_data["path"] = old_data["path"]  # another spelling of the same data is no change
-    differ, defaults = [], json.loads(schema.base_config().to_json())
-    for section, keys in RESUME_KEYS.items():
-        was, now = (old, new) if not section else (old.get(section, {}), new.get(section, {}))
-        default = defaults if not section else defaults[section]
-        for key in keys or sorted(set(was) | set(now)):
-            if was.get(key, default.get(key)) != now.get(key):  # a key added since: its default ran
-                differ.append(f"{section}.{key}" if section else key)
+    new, was = flat(json.loads(cfg.to_json())), flat(old)
+    defaults = {k: json.loads(json.dumps(v.default)) for k, v in schema.keys().items()}
+    cosine = cfg.schedule.name == "cosine"
+    differ = []
+    for key in [*defaults, *sorted((set(new) | set(was)) - set(defaults))]:
+        a, b = was.get(key, defaults.get(key)), new.get(key, defaults.get(key))
+        if a == b or (key in MAY_CHANGE and not (cosine and key in ("num_train_steps", "num_epochs"))):
+            continue
+        if not (key in SAME_PLACE and same_file(a, b)):
+            differ.append(key)
     if differ:
         raise ConfigError(
             f"{workdir} holds a run with a different config ({', '.join(differ)}); use another --workdir "
@@ -417,14 +421,20 @@ def check_resume_config(cfg: ml_collections.ConfigDict, old: dict, workdir: str)
 def check_resume(
     cfg: ml_collections.ConfigDict, start_step: int, saved: dict, num_devices: int, workdir: str
 ):
-    """The checkpoint's step and BN groups against this start (`saved`: the checkpoint's clock)."""
+    """The checkpoint's step, precision and BN groups against this start (`saved`: its clock)."""
     k = cfg.steps_per_call
-    # Calls of k steps from a checkpoint off their grid would overshoot the run's end and never meet a
-    # log, eval or checkpoint step (a checkpoint saved with another steps_per_call).
+    # Calls of k steps off their grid would overshoot the run's end and miss the log/eval/checkpoint steps.
     if start_step % k:
         raise ConfigError(
             f"the checkpoint in {workdir} is at step {start_step}, not a multiple of steps_per_call "
             f"({k}); resume with --config.steps_per_call=1 (or a divisor of {start_step})"
+        )
+    # model.dtype "auto" resumed on another backend would silently compute in another precision.
+    was, now = saved.get("compute_dtype"), compute_dtype(cfg.model.dtype)
+    if was is not None and was != now and not cfg.allow_config_change:
+        raise ConfigError(
+            f"the checkpoint in {workdir} was trained in {was}, but model.dtype {cfg.model.dtype!r} here "
+            f"computes in {now}: pass --config.model.dtype={was} (or --config.allow_config_change=True)"
         )
     # per_device BN resumed on another device count would silently normalise over other groups.
     was, now = saved.get("bn_group_size"), bn_group_size(cfg, num_devices)

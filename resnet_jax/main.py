@@ -84,7 +84,9 @@ def main(argv: list[str]) -> None:
         print("error: give --config=<configs/file.py[:arg]> and --workdir=<dir>", file=sys.stderr)
         sys.exit(USAGE_EXIT)
     if not FLAGS.verbose:
-        logging.set_verbosity(logging.WARNING)  # orbax and jax log every checkpoint at INFO
+        # orbax logs every checkpoint at INFO, and a fault it hands back to us (a damaged checkpoint, a
+        # failed write) as ERROR lines with tracebacks: the trainer reports those in one line each.
+        logging.set_verbosity(logging.FATAL)
     if FLAGS.config.data.get("pipeline") == "dali":  # read when the devices are first touched, below
         from resnet_jax.data import dali
 
@@ -101,8 +103,9 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(USAGE_EXIT)
 
-    from resnet_jax import config, train
+    from resnet_jax import checkpoints, config, train
 
+    checkpoints.VERBOSE = FLAGS.verbose
     try:
         summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except config.ConfigError as e:  # also ModelError and DataError
@@ -114,6 +117,15 @@ def main(argv: list[str]) -> None:
         if FLAGS.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # a run's file could not be written (a full disk, a read-only workdir)
+        if FLAGS.verbose:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(
+            f"error: {e.strerror or e}{where}; free disk space or fix permissions, then rerun",
+            file=sys.stderr,
+        )
         sys.exit(1)
     import jax
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
+import sys
 import tempfile
 import time
 
 import jax
 from etils import epath
 
-from resnet_jax.workdir import is_remote, write_whole
+from resnet_jax.workdir import is_remote, parse_metrics, write_whole
 
 
 class MetricWriter:
@@ -35,7 +35,11 @@ class MetricWriter:
         if not enabled:
             return
         if self.remote:
-            self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+            self._lines = (
+                self._path.read_bytes().decode(errors="replace").splitlines(keepends=True)
+                if self._path.exists()
+                else []
+            )
             self._tb_dir = pathlib.Path(tempfile.mkdtemp(prefix="resnet_jax-tensorboard-"))
         else:
             self._jsonl = open(self._path, "a")  # noqa: SIM115
@@ -45,20 +49,32 @@ class MetricWriter:
         self._tb = SummaryWriter(str(self._tb_dir), flush_secs=30)
 
     def truncate(self, step: int) -> None:
-        """Drop records after `step`: a resumed run rewrites them exactly as they were."""
+        """Keep the records up to `step` (a resumed run writes the later ones again, exactly as they were):
+        the file is rewritten whole, without a torn last line and without malformed lines (each named in
+        a warning)."""
         if not self.enabled:
             return
+        text = "".join(self._lines) if self.remote else self._read_local()
+        rows = parse_metrics(text, self._path)
+        kept = [json.dumps(r) + "\n" for r in rows if r["step"] <= step]
+        if step == 0 and rows:
+            print(
+                f"warning: {self._path} holds records up to step {max(r['step'] for r in rows)} but no "
+                "checkpoint to resume them from: the run starts again from step 0",
+                file=sys.stderr,
+                flush=True,
+            )
         if self.remote:
-            self._lines = [line for line in self._lines if line.strip() and _step_of(line) <= step]
-            self._path.write_text("".join(self._lines))
+            self._lines = kept
+            self._path.write_text("".join(kept))
             return
         self._jsonl.close()
-        with open(self._path) as f:
-            kept = [line for line in f if line.strip() and _step_of(line) <= step]
-        with open(f"{self._path}.tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(f"{self._path}.tmp", self._path)
+        write_whole(self._path, "".join(kept))
         self._jsonl = open(self._path, "a")  # noqa: SIM115
+
+    def _read_local(self) -> str:
+        with open(self._path, "rb") as f:
+            return f.read().decode(errors="replace")
 
     def write(self, step: int, record: dict) -> None:
         if not self.enabled:
@@ -197,10 +213,3 @@ class ProgressClock:
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _step_of(line: str) -> int:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError):  # a line cut short by a kill
-        return 2**62

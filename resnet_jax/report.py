@@ -256,7 +256,7 @@ def write_csv(rows: list[dict], path: epath.Path) -> None:
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    path.write_text(text.getvalue())
+    files.write_whole(path, text.getvalue())
 
 
 def pyplot() -> ModuleType:
@@ -273,7 +273,7 @@ def save_figure(fig: Any, path: epath.Path, dpi: int = 100) -> None:
     """Render `fig` as PNG in memory and write it whole (object stores take no partial writes)."""
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=dpi)
-    path.write_bytes(png.getvalue())
+    files.write_whole(path, png.getvalue())
     pyplot().close(fig)
 
 
@@ -350,7 +350,7 @@ def report(workdir: epath.PathLike, out: epath.PathLike | None = None) -> list[d
         )
     rows = [summarise(point, runs) for point, runs in points.items()]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown(rows, workdir))
+    files.write_whole(out / "results.md", markdown(rows, workdir))
     write_csv(rows, out / "results.csv")
     plot_curves(points, out / "curves.png")
     plot_depth(rows, out / "depth.png")
@@ -367,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         rows = report(args.workdir, args.out)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, files.DamagedFile) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     done = sum(r["done"] for r in rows)

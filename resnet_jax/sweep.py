@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
 import pathlib
 import queue
@@ -124,7 +123,10 @@ def is_done(run_workdir: str) -> bool:
     (no network, no credentials for gs://) is an OSError of one sentence."""
     try:
         return bool((files.read_summary(run_workdir) or {}).get("done"))  # local or an object store (gs://)
-    except (json.JSONDecodeError, AttributeError):
+    except files.DamagedFile as e:  # rerun: the trainer resumes at the run's end and writes it again
+        print(f"warning: {e}", file=sys.stderr)
+        return False
+    except AttributeError:
         return False
     except Exception as e:  # noqa: BLE001 - TensorFlow's and etils' storage errors have no common base
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -170,7 +172,7 @@ def run_one(cmd: list[str], run_workdir: str, env: dict[str, str]) -> int:
             stored = epath.Path(run_workdir) / "train.log"
             stored.parent.mkdir(parents=True, exist_ok=True)
             before = stored.read_text() if stored.exists() else ""
-            stored.write_text(before + local.read_text())
+            files.write_whole(stored, before + local.read_text())
     print(f"[sweep] {'done' if rc == 0 else f'FAILED (exit {rc})'} {run_workdir}", flush=True)
     return rc
 

@@ -258,17 +258,23 @@ def setup(cfg: ml_collections.ConfigDict) -> Run:
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train `cfg` in `workdir`, resuming from its latest checkpoint; returns the summary dict."""
+    """Train `cfg` in `workdir`, resuming from its latest checkpoint; returns the summary dict. One run at a
+    time per workdir: another start while this one runs is refused, naming it (checkpoints.hold)."""
     checkpoints.check_workdir(workdir)
+    with checkpoints.hold(workdir):
+        return _train_and_evaluate(cfg, workdir)
+
+
+def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoints.check_workdir_config(cfg, workdir)
     run = setup(cfg)
-    if jax.process_index() == 0:
-        checkpoints.write_config(cfg, workdir)
     mngr = checkpoints.manager(workdir, cfg.keep_checkpoints)
     restored = checkpoints.restore(mngr, run.abstract_state()) if mngr.all_steps() else None
     state, saved = restored if restored is not None else (run.init(), {})
     step = int(jax.device_get(state.step))
     config.check_resume(cfg, step, saved, jax.device_count(), workdir)
+    if jax.process_index() == 0:
+        checkpoints.write_config(cfg, workdir, step)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     try:
         loop = Loop(run, workdir, mngr, writer, step, saved, models.count_params(state.params))
@@ -398,6 +404,7 @@ class Loop:
             **self.clock.state(self.best_error),
             "pending_metrics": pending,
             "bn_group_size": config.bn_group_size(self.cfg, jax.device_count()),
+            "compute_dtype": jnp.dtype(self.run.dtype).name,
         }
         try:
             checkpoints.save(self.mngr, state, clock, self.last_eval if self.evaluated_now else None)

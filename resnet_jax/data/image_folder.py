@@ -16,10 +16,12 @@ import os
 import pathlib
 import tarfile
 import time
+import zipfile
 
 import numpy as np
 
 from resnet_jax.data.common import DataError
+from resnet_jax.workdir import write_whole
 
 SPLITS = ("train", "test")
 CACHE_VERSION = 1
@@ -209,18 +211,35 @@ def _save(path: pathlib.Path, arrays: FolderArrays) -> None:
         "num_classes": len(arrays.class_names),
         "image_shape": list(arrays.train_images.shape[1:]),
     }
-    path.with_suffix(".json").write_text(json.dumps(meta))
+    write_whole(path.with_suffix(".json"), json.dumps(meta))
+
+
+# What a damaged cache raises in np.load: a cut or overwritten zip, a flipped byte (zip's CRC-32), a
+# missing member, a cut .npy header.
+DAMAGED = (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError)
 
 
 def _load(path: pathlib.Path) -> FolderArrays:
     with np.load(path) as z:
-        return FolderArrays(
+        arrays = FolderArrays(
             z["train_images"],
             z["train_labels"],
             z["test_images"],
             z["test_labels"],
             [str(c) for c in z["class_names"]],
         )
+    if len(arrays.train_images) != len(arrays.train_labels) or len(arrays.test_images) != len(
+        arrays.test_labels
+    ):
+        raise ValueError("images and labels differ in number")
+    return arrays
+
+
+def _discard(cached: pathlib.Path, e: Exception, log) -> None:
+    """A damaged cache: one warning line, and the files removed, so that it is decoded and written again."""
+    log(f"warning: the cache {cached} is damaged ({type(e).__name__}: {e}); decoding the images again")
+    for f in (cached, cached.with_suffix(".json")):
+        f.unlink(missing_ok=True)
 
 
 def cached_source_hash(path: str | os.PathLike) -> str | None:
@@ -244,7 +263,10 @@ def load_folder(path: str | os.PathLike, cache_dir: pathlib.Path, log=print) -> 
     digest = cached_source_hash(p) if index is None else source_hash(index)
     cached = cache_path(cache_dir, digest)
     if cached.exists():
-        return _load(cached)
+        try:
+            return _load(cached)
+        except DAMAGED as e:
+            _discard(cached, e, log)
     t0 = time.time()
     arrays = decode_folder(index or index_folder(p))
     try:
@@ -259,7 +281,16 @@ def cached_meta(path: str | os.PathLike, cache_dir: pathlib.Path) -> dict | None
     """Counts and shape saved beside the cache, when the cache exists."""
     cached = find_cache(path, cache_dir)
     meta = cached.with_suffix(".json") if cached else None
-    return json.loads(meta.read_text()) if meta and meta.exists() else None
+    if not (meta and meta.exists()):
+        return None
+    try:
+        record = json.loads(meta.read_text())
+        if set(record) != {"num_train", "num_test", "num_classes", "image_shape"}:
+            raise ValueError("not the cache's record")
+        return record
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        _discard(cached, e, print)
+        return None
 
 
 def meta(path: str | os.PathLike, cache_dir: pathlib.Path) -> dict:
