@@ -8,6 +8,7 @@ explicit coordinator flags) join in resnet_jax.cluster before anything touches t
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -118,6 +119,10 @@ def main(argv: list[str]) -> None:
 
 
 def run(argv: list[str] | None = None) -> None:
+    # Ctrl-C before the loop (imports, a dataset download, compiling) stops the process at once, as a
+    # kill does: a KeyboardInterrupt would first wait for the download's or orbax's threads and print a
+    # traceback. The loop's own handler (checkpoints.Preemption) checkpoints instead, then puts this back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     app.run(main, argv=argv, flags_parser=parse_flags)
 
 
