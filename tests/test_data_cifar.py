@@ -207,3 +207,31 @@ def test_synthetic_data():
 def test_dataset_info_without_decoding(cifar_tar, full):
     info = data.dataset_info(cifar_cfg(cifar_tar, val_split=5000))
     assert info == {"num_train": 45_000, "num_eval": 5000, "num_classes": 10, "image_shape": (32, 32, 3)}
+
+
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_image_folders_take_image_files_of_any_case_and_skip_other_files(tmp_path, as_tar):
+    import tarfile
+
+    from PIL import Image
+
+    from resnet_jax.data import image_folder
+
+    names = ["a.JPEG", "b.jpg", "c.jpeg", "d.png", "e.PNG"]
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            d = tmp_path / "src" / split / cls
+            d.mkdir(parents=True)
+            for name in names:
+                fmt = "PNG" if name.lower().endswith("png") else "JPEG"
+                Image.new("RGB", (8, 8), (10, 200, 10)).save(d / name, format=fmt)
+            (d / "notes.txt").write_text("not an image")  # was decoded, and failed the whole folder
+    source = tmp_path / "src"
+    if as_tar:
+        source = tmp_path / "src.tar"
+        with tarfile.open(source, "w") as tar:
+            tar.add(tmp_path / "src", arcname="imagenet_like")
+    index = image_folder.index_folder(source)
+    assert [len(index.files[s]) for s in ("train", "test")] == [2 * len(names)] * 2
+    arrays = image_folder.decode_folder(index)
+    assert arrays.train_images.shape == (2 * len(names), 8, 8, 3)
