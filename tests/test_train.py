@@ -362,3 +362,26 @@ def test_checkpoints_keep_the_latest_and_the_best_by_eval_error(tmp_path):
     # 8 steps: the error rises again after step 6 (at 10 steps the last was best, testing nothing).
     assert best < 8, f"the last evaluation is the best ({evals}): keeping the best goes untested"
     assert checkpoint_steps(tmp_path) == [best, 8]
+
+
+def test_console_progress_lines_come_early_and_leave_the_metrics_as_they_were(tmp_path, monkeypatch, capsys):
+    """A CPU run's first log step can be minutes away (100 ResNet-20 steps: ~90 s): until it, a console line
+    EARLY_LINE_S after the first step, then at doubling intervals; metrics.jsonl keeps the same records."""
+    import re
+
+    cfg = dict(num_train_steps=6, log_every_steps=6, eval_every_steps=6, checkpoint_every_steps=6)
+    monkeypatch.setattr(train, "EARLY_LINE_S", float("inf"))  # never: the log steps' lines only
+    train.train_and_evaluate(tiny_config(**cfg), str(tmp_path / "quiet"))
+    assert re.findall(r"\] step (\d+)/6 ", capsys.readouterr().out) == ["6"]
+    monkeypatch.setattr(train, "EARLY_LINE_S", 0.0)  # every step is late enough
+    train.train_and_evaluate(tiny_config(**cfg), str(tmp_path / "early"))
+    out = capsys.readouterr().out
+    assert re.findall(r"\] step (\d+)/6 ", out) == ["1", "2", "3", "4", "5", "6"]
+    assert re.search(r"\] step 3/6 epoch [\d.]+ loss \d+\.\d+ train error", out)  # the sums so far
+
+    def records(workdir):  # without the wall-clock fields
+        clock = ("wall_time_s", "images_per_sec", "images_per_sec_per_device", "eta_s")
+        return [{k: v for k, v in r.items() if k not in clock} for r in read_metrics(workdir)]
+
+    assert records(tmp_path / "early") == records(tmp_path / "quiet")
+    assert_trees_equal(restore_state(tmp_path / "early", 6), restore_state(tmp_path / "quiet", 6))
