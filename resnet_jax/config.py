@@ -236,6 +236,8 @@ def check_data(d: ml_collections.ConfigDict) -> None:
             raise DataError(f"data.{key} must be one of {', '.join(allowed)}, not {d[key]!r}.")
     if d.val_split < 0:
         raise DataError(f"data.val_split must be >= 0, not {d.val_split}.")
+    if d.val_split and d.name == "synthetic":  # it would be ignored, the eval still called held-out
+        raise DataError("synthetic data is evaluated on its training images: set data.val_split=0.")
     if d.path and d.name not in ("cifar10", "cifar100", "image_folder"):
         raise DataError(f"data.path is read only for cifar10, cifar100 or image_folder, not for {d.name!r}.")
     if d.name == "image_folder" and not d.path:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from resnet_jax import cli
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. configs/cifar10.py:resnet110,A.")
 flags.DEFINE_string("workdir", None, "Where config.json, metrics, TensorBoard events and checkpoints go.")
@@ -41,6 +43,11 @@ def eval_set_name(cfg_data) -> str:
 
 def flag_error(e: Exception, argv: Sequence[str] = ()) -> str:
     """One sentence for a bad flag, config file, config argument or override key."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    if isinstance(e, AttributeError) and "get_config" in str(e):
+        return f"the config file {spec!r} defines no get_config(arg=None)"
+    if not isinstance(e, flags.Error | KeyError | AttributeError | OSError | ValueError | TypeError):
+        return f"cannot load the config file {spec!r}: {cli.loading_error(e)}"
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     unknown = re.search(r"'([\w.]+)'\s*\\?n?\s*Did you mean \"([\w.]+)\"", text.replace("\\'", "'"))
     bare_key = re.fullmatch(r"""["']*([\w.]+)["']*""", text.strip())
@@ -68,7 +75,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         if FLAGS["config"].present or FLAGS.config is not None:
             FLAGS.config.get("seed")  # config_flags loads lazily: surface a bad file here
         return rest
-    except (flags.Error, KeyError, AttributeError, OSError, ValueError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - a config file is the user's code: any error in it is bad input
         if "--verbose" in argv:
             raise
         print(f"error: {flag_error(e, argv)}", file=sys.stderr)

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from resnet_jax.data import common
 from resnet_jax.data.common import DataError
 from resnet_jax.data.streamed import (
     EVAL_RESIZE,
@@ -38,7 +37,7 @@ from resnet_jax.data.streamed import (
 )
 
 PIP = "pip install nvidia-dali-cuda120==2.4.0"
-IMAGE_EXTENSIONS = (*common.IMAGE_EXTENSIONS, ".bmp", ".webp")  # DALI decodes these too
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 EVAL_SPLIT_DIRS = ("val", "validation")
 INCEPTION_ATTEMPTS = 10
 INCEPTION_AREA = (0.08, 1.0)
