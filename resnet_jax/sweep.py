@@ -15,7 +15,9 @@ optionally "seeds" (runs per point, default 1; --seeds=N sets every point's). A 
   slurm   print `sbatch launch/slurm_gpu.sbatch ...` per point (--submit submits them)
   tpu     print `launch/tpu_vm.sh ...` per point (--submit runs them one after another)
 
-Rerunning the same command skips finished runs (summary.json says done) and resumes the others,
+Every point's config, with its overrides, is checked before any run starts (config.check on one device:
+whether the batch divides the device count is checked when each run starts). Rerunning the same command
+skips finished runs (summary.json says done) and resumes the others,
 since the trainer resumes from the checkpoints in its workdir.
 """
 

@@ -333,6 +333,7 @@ class Loop:
             writer.discard_summary()
         self.clock = ProgressClock(run.total_steps, start, cfg.batch_size, jax.device_count(), saved)
         self.next_line, self.line_every = math.inf, EARLY_LINE_S  # early_progress's schedule
+        self.in_flight: tuple | None = None  # (step, sums) of the last call, for early_progress
         writer.console(self.header())
 
     def header(self) -> str:
@@ -377,11 +378,21 @@ class Loop:
 
     def early_progress(self, step: int) -> None:
         """Until the first log step, a console line EARLY_LINE_S after the first step, then at doubling
-        intervals (a CPU run's first 100 steps take minutes); the sums and metrics.jsonl are untouched."""
-        if time.perf_counter() < self.next_line or self.total is None or not self.writer.enabled:
+        intervals (a CPU run's first 100 steps take minutes); the sums and metrics.jsonl are untouched.
+
+        Meanwhile it waits for the previous call's sums, so that one call at most is in flight: else the
+        host runs steps ahead and a line that is due waits for all of them (35 s for 5 CPU steps)."""
+        if self.next_line == math.inf or self.total is None or not self.writer.enabled:
+            return
+        done, self.in_flight = self.in_flight, (step, self.total)
+        if done is None:
+            return
+        step, total = done
+        jax.block_until_ready(total)
+        if time.perf_counter() < self.next_line:
             return
         record = self.clock.interim(
-            step, jax.device_get(self.total), float(self.run.schedule(step - 1)), self.run.steps_per_epoch
+            step, jax.device_get(total), float(self.run.schedule(step - 1)), self.run.steps_per_epoch
         )
         self.writer.console(self.clock.progress_line(step, record))
         self.line_every *= 2

@@ -401,7 +401,8 @@ def test_console_progress_lines_come_early_and_leave_the_metrics_as_they_were(tm
     monkeypatch.setattr(train, "EARLY_LINE_S", 0.0)  # every step is late enough
     train.train_and_evaluate(tiny_config(**cfg), str(tmp_path / "early"))
     out = capsys.readouterr().out
-    assert re.findall(r"\] step (\d+)/6 ", out) == ["1", "2", "3", "4", "5", "6"]
+    # each line reports the previous call's sums (the one it waited for): steps 1-4, then the log step 6
+    assert re.findall(r"\] step (\d+)/6 ", out) == ["1", "2", "3", "4", "6"]
     assert re.search(r"\] step 3/6 epoch [\d.]+ loss \d+\.\d+ train error", out)  # the sums so far
 
     def records(workdir):  # without the wall-clock fields
