@@ -119,8 +119,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--depth", type=cli.integer(1), default=20)
     p.add_argument("--shortcut", default="A", help="A | B | C | none (plain)")
     p.add_argument("--stride_on", default="1x1", help="bottleneck stride: 1x1 (paper, v1) | 3x3 (v1.5)")
-    p.add_argument("--num_classes", type=cli.integer(0), default=0, help="0: 10 for cifar, 1000 for imagenet")
-    p.add_argument("--image_size", type=cli.integer(0), default=0, help="0: 32 for cifar, 224 for imagenet")
+    p.add_argument("--num_classes", type=int, default=0, help="0: 10 for cifar, 1000 for imagenet")
+    p.add_argument("--image_size", type=int, default=0, help="0: 32 for cifar, 224 for imagenet")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return p.parse_args(argv)
 

@@ -89,8 +89,7 @@ def tfds_builder(name: str, tfds_dir: str = "", allow_download: bool = False):
         raise _manual_error(name, tfds_dir)
     if not allow_download:
         return builder
-    check_download_route(builder, tfds_dir)
-    try:
+    try:  # check() said before anything was built whether the download hosts can be reached
         builder.download_and_prepare()
     except Exception as e:  # the source is gone, or the network went away during the download
         raise _offline_error(name, tfds_dir, f"could not be downloaded ({type(e).__name__})") from e
@@ -140,7 +139,9 @@ def unreachable(endpoints: set[tuple[str, int]], timeout: float = PROBE_TIMEOUT_
 
 def check_download_route(builder, tfds_dir: str = "") -> None:
     """A DataError at once when a host the builder downloads from cannot be reached (offline), instead of
-    TFDS retrying the download for minutes. Builders that list no URLs are left to try."""
+    TFDS retrying the download for minutes. Builders that list no URLs are left to try. Called by check
+    (data.validate, once a run, before anything is built), not before each download: a mocked download
+    (tfds.testing.mock_data) reaches no host."""
     urls = list(getattr(builder, "url_infos", None) or ())
     endpoints = {e for e in map(_endpoint, urls) if e is not None}
     down = unreachable(endpoints) if endpoints else []
