@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -37,11 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from resnet_jax import probes
+from resnet_jax import cli, probes
 from resnet_jax.probes import block_order, layer_name, response_layers
 from resnet_jax.report import pyplot, save_figure, write_csv
 
-USAGE_EXIT = 2
+USAGE_EXIT = cli.USAGE_EXIT
 COMMANDS = ("responses", "gradients")
 
 
@@ -266,29 +267,21 @@ def table(results: dict[str, list[dict]], index: str, name: str, value: str) -> 
 # Command line.
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one sentence and exit status 2."""
-
-    def error(self, message: str) -> None:
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(USAGE_EXIT)
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if not argv or argv[0] not in COMMANDS:
         got = repr(argv[0]) if argv else "nothing"
         raise AnalysisError(f"the first argument must be one of {', '.join(COMMANDS)}; got {got}")
-    p = Parser(prog=f"python -m resnet_jax.analyze {argv[0]}", description=__doc__.splitlines()[0])
+    p = cli.Parser(prog=f"python -m resnet_jax.analyze {argv[0]}", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="", help="run directories, comma-separated")
     p.add_argument(
         "--labels", default="", help="comma-separated legend labels (default: plain-20, ResNet-56, ...)"
     )
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--step", type=cli.integer(0), default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--out", default="", help="output directory (default: <first workdir>/analysis)")
     if argv[0] == "responses":
         p.add_argument(
             "--max_examples",
-            type=int,
+            type=cli.integer(0),
             default=0,
             help="evaluation examples to use (0: all; CIFAR, image folders: evenly spaced, not the first N)",
         )
@@ -297,7 +290,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.add_argument("--config", action="append", default=[], help="config file[:arg], at initialisation")
         p.add_argument("--override", action="append", default=[], help="key=value for every --config")
         p.add_argument("--at_init", action="store_true", help="workdirs: their config, freshly initialised")
-        p.add_argument("--batches", type=int, default=4, help="training batches to average over")
+        p.add_argument("--batches", type=cli.integer(1), default=4, help="training batches to average over")
     args = p.parse_args(argv[1:])
     args.command = argv[0]
     return args
@@ -317,8 +310,8 @@ def nets_from_args(args: argparse.Namespace) -> list[Net]:
             cfg = experiments.load_config(spec)
             for key, value in sweep.parse_overrides(args.override).items():
                 config.override(cfg, key, value)
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            raise AnalysisError(f"cannot load config {spec}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a config file is the user's code: any error is bad input
+            raise AnalysisError(f"cannot load config {spec}: {cli.loading_error(e)}") from None
         specs.append((cfg, None))
     if not specs:
         extra = " or --config=<file.py[:arg]>" if args.command == "gradients" else ""
@@ -347,14 +340,16 @@ def output_dir(args: argparse.Namespace) -> epath.Path:
     """--out, else <first workdir>/analysis, else ./analysis; created."""
     first = next((w for w in args.workdir.split(",") if w), "")
     out = epath.Path(args.out) if args.out else epath.Path(first or ".") / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except Exception as e:  # noqa: BLE001 - OSError locally, the store's own errors for gs://
+        raise AnalysisError(f"cannot create the output directory {out} ({type(e).__name__})") from None
     return out
 
 
-def run_responses(args: argparse.Namespace, nets: list[Net]) -> list[epath.Path]:
+def run_responses(args: argparse.Namespace, nets: list[Net], out: epath.Path) -> list[epath.Path]:
     results = {net.label: responses(net, args.max_examples) for net in nets}
     key = "std" if args.statistic == "channel" else "std_all"
-    out = output_dir(args)
     rows = [dict(net=net.label, step=net.step, **row) for net in nets for row in results[net.label]]
     paths = [out / "responses.csv", out / "responses.png"]
     write_csv(rows, paths[0])
@@ -368,9 +363,8 @@ def run_responses(args: argparse.Namespace, nets: list[Net]) -> list[epath.Path]
     return paths
 
 
-def run_gradients(args: argparse.Namespace, nets: list[Net]) -> list[epath.Path]:
+def run_gradients(args: argparse.Namespace, nets: list[Net], out: epath.Path) -> list[epath.Path]:
     results = {net.label: gradients(net, args.batches) for net in nets}
-    out = output_dir(args)
     rows = [dict(net=net.label, step=net.step, **row) for net in nets for row in results[net.label]]
     paths = [out / "gradients.csv", out / "gradients.png"]
     write_csv(rows, paths[0])
@@ -396,7 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         nets = nets_from_args(args)
-        paths = (run_responses if args.command == "responses" else run_gradients)(args, nets)
+        out = output_dir(args)  # before the work: an unwritable --out is said at once
+        paths = (run_responses if args.command == "responses" else run_gradients)(args, nets, out)
     except (AnalysisError, config.ConfigError, config.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT
@@ -405,4 +400,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C stops at once (it only reads): no traceback
     sys.exit(main())

@@ -1,8 +1,7 @@
-"""The configuration: the declared schema of every key, the model options as one record, and every rule.
+"""Every rule on a configuration (schema.py declares its keys), the error types and the dotted-key setter.
 
-Rules are grouped by when they can be checked: `check` before anything is built, `check_run_length` once
-the run's length is known, `check_resume` against the checkpoint's config. The bottom layer: it imports
-nothing of the project and no jax at import time.
+Rules by when they can be checked: `check` before anything is built, `check_run_length` once the run's length
+is known, `check_resume_config`/`check_resume` against the checkpoint's config and clock. No jax at import.
 """
 
 from __future__ import annotations
@@ -237,6 +236,8 @@ def check_data(d: ml_collections.ConfigDict) -> None:
             raise DataError(f"data.{key} must be one of {', '.join(allowed)}, not {d[key]!r}.")
     if d.val_split < 0:
         raise DataError(f"data.val_split must be >= 0, not {d.val_split}.")
+    if d.val_split and d.name == "synthetic":  # it would be ignored, the eval still called held-out
+        raise DataError("synthetic data is evaluated on its training images: set data.val_split=0.")
     if d.path and d.name == "synthetic":
         raise DataError("data.path is not read for synthetic data: set it to '' or name the dataset.")
     if d.pipeline == "dali" and is_device_held(d):

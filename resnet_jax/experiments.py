@@ -83,9 +83,32 @@ def cifar_net(token: str) -> tuple[int, bool]:
     return depth, m.group(1) == "plain"
 
 
+SMOKE_BATCH = 16  # divisible by the 8 fake CPU devices of the tests
+
+
 def smoke(c: ml_collections.ConfigDict) -> None:
-    """A few steps on a small synthetic data set, evaluating and checkpointing along the way."""
-    c.batch_size = 16  # divisible by the 8 fake CPU devices of the tests
+    """A few steps on a small synthetic data set, evaluating and checkpointing along the way.
+
+    A healthy smoke run looks healthy: its evaluation (on its training images, with the BN running
+    statistics) stays near the training loss, below chance. Evaluating after 3 steps asks more of the
+    running statistics than a real run's first evaluation (after 2 epochs) does, so three things follow
+    from the run's shortness (ImageNet ResNet-50's eval loss was ~1e13, its training loss 7-33):
+    - the learning rate follows the batch (the linear scaling rule, as batch=<N>): lr 0.1 at batch 16
+      diverged;
+    - the running statistics average over a horizon that fits in the run: the recipe's momentum 0.9
+      averages over ~10 steps, so at step 3 0.9^3 = 73% of them were still the initial mean 0 and
+      variance 1; 0.5^3 leaves 1/8;
+    - each residual block starts as the identity (the last BN's scale 0, as batch=<N>; Goyal et al. 5.1):
+      statistics one step behind the weights are off by ~10-25% per BN, which compounded over ResNet-50's
+      16 blocks to logits of ~1e3 (eval loss 327 at step 3); from the identity they cannot compound.
+    """
+    factor = SMOKE_BATCH / c.batch_size
+    if not c.schedule.scale_by_batch:  # with it (batch=<N>), optim scales base_lr by the batch itself
+        c.schedule.base_lr *= factor
+    c.schedule.warmup_lr *= factor
+    c.batch_size = SMOKE_BATCH
+    c.model.bn_momentum = 0.5
+    c.model.zero_init_residual = c.model.shortcut != "none"  # a plain net has no block to start as identity
     c.num_train_steps = 6
     c.log_every_steps = 1
     c.eval_every_steps = 3

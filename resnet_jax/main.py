@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from resnet_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. configs/cifar10.py:resnet110,A.")
@@ -42,6 +45,11 @@ def eval_set_name(cfg_data) -> str:
 
 def flag_error(e: Exception, argv: Sequence[str] = ()) -> str:
     """One sentence for a bad flag, config file, config argument or override key."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    if isinstance(e, AttributeError) and "get_config" in str(e):
+        return f"the config file {spec!r} defines no get_config(arg=None)"
+    if not isinstance(e, flags.Error | KeyError | AttributeError | OSError | ValueError | TypeError):
+        return f"cannot load the config file {spec!r}: {cli.loading_error(e)}"
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     unknown = re.search(r"'([\w.]+)'\s*\\?n?\s*Did you mean \"([\w.]+)\"", text.replace("\\'", "'"))
     bare_key = re.fullmatch(r"""["']*([\w.]+)["']*""", text.strip())
@@ -69,7 +77,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         if FLAGS["config"].present or FLAGS.config is not None:
             FLAGS.config.get("seed")  # config_flags loads lazily: surface a bad file here
         return rest
-    except (flags.Error, KeyError, AttributeError, OSError, ValueError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - a config file is the user's code: any error in it is bad input
         if "--verbose" in argv:
             raise
         print(f"error: {flag_error(e, argv)}", file=sys.stderr)
@@ -136,6 +144,10 @@ def main(argv: list[str]) -> None:
 
 
 def run(argv: list[str] | None = None) -> None:
+    # Ctrl-C before the loop (imports, a dataset download, compiling) stops the process at once, as a
+    # kill does: a KeyboardInterrupt would first wait for the download's or orbax's threads and print a
+    # traceback. The loop's own handler (checkpoints.Preemption) checkpoints instead, then puts this back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     app.run(main, argv=argv, flags_parser=parse_flags)
 
 

@@ -154,21 +154,34 @@ class ProgressClock:
     def device_seconds(self) -> float:
         return self.device_s_before + (time.perf_counter() - self.t_process) * self.num_devices
 
+    def _rate(self, step: int, now: float) -> float | None:
+        steps, dt = step - self.step_last, now - self.t_last
+        return steps * self.batch_size / dt if steps > 0 and dt > 0 else None
+
     def log(self, step: int, summed: dict, lr: float, steps_per_epoch: int) -> dict:
         now = time.perf_counter()
-        steps, dt = step - self.step_last, now - self.t_last
-        rate = steps * self.batch_size / dt if steps > 0 and dt > 0 else None
+        rate = self._rate(step, now)
         self.t_last, self.step_last = now, step
         if rate is not None:
             self.last_rate = rate
+        record = self._record(step, summed, lr, steps_per_epoch, rate, self.last_rate)
+        self.last_train_error = record["train/top1_error"]
+        return record
+
+    def interim(self, step: int, summed: dict, lr: float, steps_per_epoch: int) -> dict:
+        """The record `log` would make at `step` from the sums so far, changing nothing here (for console
+        lines between log steps: metrics.jsonl's records, and their throughput, stay as they are)."""
+        rate = self._rate(step, time.perf_counter())
+        return self._record(step, summed, lr, steps_per_epoch, rate, rate or self.last_rate)
+
+    def _record(self, step: int, summed: dict, lr: float, steps_per_epoch: int, rate, eta_rate) -> dict:
         # Averages over the examples of the applied steps; None when every step of the interval was
         # skipped (nan_policy "skip"), rather than a loss and error of 0.
         count = float(summed["count"])
-        self.last_train_error = 100.0 * float(summed["top1_errors"]) / count if count > 0 else None
         record = {
             "epoch": step / steps_per_epoch,
             "train/loss": float(summed["loss"]) / count if count > 0 else None,
-            "train/top1_error": self.last_train_error,
+            "train/top1_error": 100.0 * float(summed["top1_errors"]) / count if count > 0 else None,
             "lr": lr,
             "images_per_sec": rate,
             "images_per_sec_per_device": rate / self.num_devices if rate else None,
@@ -176,8 +189,8 @@ class ProgressClock:
         }
         if int(summed.get("nonfinite", 0)):
             record["train/skipped_steps"] = int(summed["nonfinite"])
-        if self.last_rate:
-            record["eta_s"] = (self.total_steps - step) * self.batch_size / self.last_rate
+        if eta_rate:
+            record["eta_s"] = (self.total_steps - step) * self.batch_size / eta_rate
         return record
 
     def progress_line(self, step: int, r: dict) -> str:

@@ -13,7 +13,6 @@ of net (plain, ResNet A/B/C) and one colour per depth; and the final test error 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import re
@@ -25,7 +24,7 @@ from typing import Any, NamedTuple
 
 from etils import epath
 
-from resnet_jax import paper
+from resnet_jax import cli, paper
 from resnet_jax import workdir as files
 
 SEED_SUFFIX = re.compile(r"-seed(\d+)$")
@@ -359,7 +358,7 @@ def report(workdir: epath.PathLike, out: epath.PathLike | None = None) -> list[d
 
 def main(argv: Sequence[str] | None = None) -> int:
     """python -m resnet_jax.report <sweep workdir, or one run's> [--out=<dir>]."""
-    p = argparse.ArgumentParser(prog="python -m resnet_jax.report", description=__doc__.split("\n")[0])
+    p = cli.Parser(prog="python -m resnet_jax.report", description=__doc__.split("\n")[0])
     p.add_argument(
         "workdir", help="the sweep workdir (or one run's), local or a URL such as gs://bucket/sweep"
     )

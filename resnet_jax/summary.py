@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from resnet_jax import models
+from resnet_jax import cli, models
 from resnet_jax.models.flops import group_by_stage, params_by_stage, stage_name, trace
 
 
@@ -114,9 +114,9 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m resnet_jax.summary", description=__doc__.splitlines()[0])
+    p = cli.Parser(prog="python -m resnet_jax.summary", description=__doc__.splitlines()[0])
     p.add_argument("--family", default="cifar", help="cifar | imagenet")
-    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--depth", type=cli.integer(1), default=20)
     p.add_argument("--shortcut", default="A", help="A | B | C | none (plain)")
     p.add_argument("--stride_on", default="1x1", help="bottleneck stride: 1x1 (paper, v1) | 3x3 (v1.5)")
     p.add_argument("--num_classes", type=int, default=0, help="0: 10 for cifar, 1000 for imagenet")

@@ -15,7 +15,9 @@ optionally "seeds" (runs per point, default 1; --seeds=N sets every point's). A 
   slurm   print `sbatch launch/slurm_gpu.sbatch ...` per point (--submit submits them)
   tpu     print `launch/tpu_vm.sh ...` per point (--submit runs them one after another)
 
-Rerunning the same command skips finished runs (summary.json says done) and resumes the others,
+Every point's config, with its overrides, is checked before any run starts (config.check on one device:
+whether the batch divides the device count is checked when each run starts). Rerunning the same command
+skips finished runs (summary.json says done) and resumes the others,
 since the trainer resumes from the checkpoints in its workdir.
 """
 
@@ -36,7 +38,7 @@ from typing import NamedTuple
 
 from etils import epath
 
-from resnet_jax import config, experiments
+from resnet_jax import cli, config, experiments
 from resnet_jax import workdir as files
 
 ROOT = experiments.ROOT
@@ -56,7 +58,22 @@ class Job(NamedTuple):
 def load_sweep(spec: str) -> list[dict]:
     """get_sweep(arg) of the sweep file in "path/to/sweep.py[:arg]"."""
     path, _, arg = spec.partition(":")
-    points = experiments.load_file(path).get_sweep(arg or None)
+    try:
+        module = experiments.load_file(path)
+        if not hasattr(module, "get_sweep"):
+            raise ValueError(f"the sweep file {path} defines no get_sweep(arg=None)")
+        points = module.get_sweep(arg or None)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the sweep file is the user's code: any error is bad input
+        raise ValueError(f"cannot load the sweep {spec}: {cli.loading_error(e)}") from None
+    for i, p in enumerate(points if isinstance(points, list) else [None]):
+        if (
+            not isinstance(p, dict)
+            or not isinstance(p.get("name"), str)
+            or not isinstance(p.get("config"), str)
+        ):
+            raise ValueError(f"point {i} of {spec} is not a dict with a 'name' and a 'config' (see sweep.py)")
     names = [p["name"] for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f"sweep point names are not unique: {names}")
@@ -77,18 +94,39 @@ def expand(points: list[dict], seeds: int | None = None, only: Sequence[str] = (
 
 
 def check_runs(runs: Sequence[Job], extra: dict[str, str]) -> None:
-    """Every run's config loads and every override names a config key: a bad point fails the sweep
-    before any run starts, not when its turn comes hours later."""
+    """Every run's config loads, with its overrides, and passes config.check: a bad point fails the sweep
+    before any run starts, not when its turn comes hours later. The device count is not known here (each
+    run finds its own): the rules that depend on it (the batch a multiple of the devices, BN groups
+    dividing the per-device batch) are checked for one device here and again when each run starts."""
     for run in runs:
         try:
             cfg = experiments.load_config(run.config)
-        except (ValueError, FileNotFoundError, KeyError) as e:
-            raise ValueError(f"sweep point {run.name}: cannot load {run.config}: {e}") from None
-        for key, value in {**run.overrides, **extra}.items():
-            try:
+        except Exception as e:  # noqa: BLE001 - a config file is the user's code: any error is bad input
+            raise ValueError(
+                f"sweep point {run.name}: cannot load {run.config}: {cli.loading_error(e)}"
+            ) from None
+        try:
+            for key, value in {"seed": run.seed, **run.overrides, **extra}.items():
                 config.override(cfg, key, value if isinstance(value, str) else format_value(value))
-            except config.ConfigError as e:
-                raise ValueError(f"sweep point {run.name}: {e}") from None
+            config.check(cfg, 1)
+            if cfg.num_train_steps > 0:  # the run's length is known without the dataset
+                config.check_run_length(cfg, int(cfg.num_train_steps))
+        except config.ConfigError as e:
+            raise ValueError(f"sweep point {run.name}: {e}") from None
+
+
+def check_sweep_workdir(workdir: str) -> None:
+    """A local sweep workdir must be a directory or creatable as one (URLs are checked when read)."""
+    if "://" in workdir:
+        return
+    path = pathlib.Path(workdir).expanduser().absolute()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"--workdir {workdir}: {p} is a file, not a directory")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ValueError(f"--workdir {workdir}: {p} is not writable")
+            return
 
 
 def run_name(run: Job) -> str:
@@ -247,11 +285,13 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line; see the module docstring."""
-    p = argparse.ArgumentParser(prog="python -m resnet_jax.sweep", description=__doc__.split("\n")[0])
+    p = cli.Parser(prog="python -m resnet_jax.sweep", description=__doc__.split("\n")[0])
     p.add_argument("sweep", help="path/to/sweep.py[:arg]")
     p.add_argument("--workdir", required=True, help="sweep directory: one sub-directory per run")
     p.add_argument("--mode", choices=MODES, default="local")
-    p.add_argument("--seeds", type=int, default=None, help="runs per point (default: each point's own)")
+    p.add_argument(
+        "--seeds", type=cli.integer(1), default=None, help="runs per point (default: each point's own)"
+    )
     p.add_argument("--only", default="", help="comma-separated point names to keep")
     p.add_argument("--override", action="append", default=[], help="key=value for every run (repeatable)")
     p.add_argument("--per_gpu", action="store_true", help="local mode: one run per visible GPU at a time")
@@ -274,6 +314,7 @@ def sweep(args: argparse.Namespace) -> int:
     only = [n for n in args.only.split(",") if n]
     runs = expand(load_sweep(args.sweep), args.seeds, only)
     extra = parse_overrides(args.override)
+    check_sweep_workdir(args.workdir)
     check_runs(runs, extra)
     if args.mode == "local":
         failed = run_local(runs, args.workdir, extra, gpus=visible_gpus() if args.per_gpu else ())

@@ -256,6 +256,8 @@ def setup(cfg: ml_collections.ConfigDict) -> Run:
 # ---------------------------------------------------------------------------------------------
 # The loop.
 
+EARLY_LINE_S = 5.0  # the first console line comes this long after the first step, log step or not
+
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train `cfg` in `workdir`, resuming from its latest checkpoint; returns the summary dict. One run at a
@@ -290,6 +292,8 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 loop.profile(step, state, end=final or stop)
                 if log:
                     loop.log(step)
+                else:
+                    loop.early_progress(step)
                 best = loop.evaluate(state, step) if step % cfg.eval_every_steps == 0 or final else False
                 if step % cfg.checkpoint_every_steps == 0 or final or stop or best:
                     loop.checkpoint(state, step)
@@ -334,6 +338,8 @@ class Loop:
         if start < run.total_steps:  # e.g. a finished run given more steps: not done until it ends again
             writer.discard_summary()
         self.clock = ProgressClock(run.total_steps, start, cfg.batch_size, jax.device_count(), saved)
+        self.next_line, self.line_every = math.inf, EARLY_LINE_S  # early_progress's schedule
+        self.in_flight: tuple | None = None  # (step, sums) of the last call, for early_progress
         writer.console(self.header())
 
     def header(self) -> str:
@@ -354,6 +360,7 @@ class Loop:
             jax.block_until_ready(state)
             self.writer.console(f"first step compiled and ran in {time.perf_counter() - t0:.1f} s")
             self.clock.start(step + self.cfg.steps_per_call)
+            self.next_line = time.perf_counter() + self.line_every
         else:
             state, metrics = self.run.update(state, batch)
         self.total = accumulate(self.total, metrics)
@@ -375,7 +382,30 @@ class Loop:
     def finite_sums(self) -> dict:
         return check_finite(jax.device_get(self.total), self.last_good, self.cfg.nan_policy)
 
+    def early_progress(self, step: int) -> None:
+        """Until the first log step, a console line EARLY_LINE_S after the first step, then at doubling
+        intervals (a CPU run's first 100 steps take minutes); the sums and metrics.jsonl are untouched.
+
+        Meanwhile it waits for the previous call's sums, so that one call at most is in flight: else the
+        host runs steps ahead and a line that is due waits for all of them (35 s for 5 CPU steps)."""
+        if self.next_line == math.inf or self.total is None or not self.writer.enabled:
+            return
+        done, self.in_flight = self.in_flight, (step, self.total)
+        if done is None:
+            return
+        step, total = done
+        jax.block_until_ready(total)
+        if time.perf_counter() < self.next_line:
+            return
+        record = self.clock.interim(
+            step, jax.device_get(total), float(self.run.schedule(step - 1)), self.run.steps_per_epoch
+        )
+        self.writer.console(self.clock.progress_line(step, record))
+        self.line_every *= 2
+        self.next_line = time.perf_counter() + self.line_every
+
     def log(self, step: int) -> None:
+        self.next_line = math.inf  # the log lines take over from early_progress
         summed, self.total = self.finite_sums(), None
         record = self.clock.log(step, summed, float(self.run.schedule(step - 1)), self.run.steps_per_epoch)
         self.writer.write(step, record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import pathlib
 
@@ -23,6 +24,20 @@ TINY_TFDS_SIZES = [
     (341, 256),
 ]  # (W, H): landscape, portrait, square, small
 TINY_TFDS_TRAIN, TINY_TFDS_VAL = 24, 11  # 11: the last eval batch is padded
+
+
+U32 = 2.0**-24  # float32's unit roundoff
+
+
+def reordered_sum_rtol(terms: int, sums: int = 1) -> float:
+    """How far two float32 evaluations of one computation may differ when the grouping of its sums
+    differs (another device split, another XLA program or fusion), relative to the magnitudes summed.
+
+    One sum of `terms` terms regrouped differs by at most (terms - 1) u (u: unit roundoff), typically by
+    sqrt(terms) u (the rounding errors add like a random walk). `sums` such sums in sequence (the BN
+    moments and gradients of every layer, over steps) are added here linearly, which overstates their
+    independent errors by ~sqrt(sums): that is the margin."""
+    return sums * math.sqrt(terms) * U32
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:

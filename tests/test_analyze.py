@@ -106,10 +106,14 @@ def test_residual_response_is_the_bn_output_before_the_addition(runs):
     got = jax.jit(lambda v, x: probes.layer_responses(net.model, v, x, layers))(net.variables, images)
     np.testing.assert_allclose(got["stage1_block0/bn1"], r1, atol=1e-4)  # before the ReLU
     np.testing.assert_allclose(got["stage1_block0/bn2"], r2, atol=1e-4)  # before the addition
+    # (the probe and this recomputation are two programs: 3 BN'd 3x3 convs of sqrt(144) u each on O(1)
+    # values, ~1e-6; atol 1e-4 is far below the O(1) change that a ReLU or the addition would make)
     assert float(r1.min()) < 0 and not np.allclose(r2, jax.nn.relu(r2 + x), atol=1e-2)
     rows = analyze.responses(net, max_examples=24)
     want = float(np.asarray(r2, np.float64).std(axis=(0, 1, 2)).mean())
     assert rows[2]["layer"] == "stage1_block0/bn2" and rows[2]["examples"] == 24
+    # float32 moments over 24 x 32 x 32 values per channel vs a float64 std: sqrt(24,576) u = 9e-6 for
+    # the mean square, doubled by the variance's cancellation (rtol 1e-4)
     np.testing.assert_allclose(rows[2]["std"], want, rtol=1e-4)
 
 
@@ -129,12 +133,13 @@ def test_gradients_at_init_and_at_a_checkpoint(runs, tmp_path, capsys):
             "stage3_block0",
             "fc",
         ]
+        # finite and not exploded: a ResNet-8's per-block gradient norms at lr 0.1 are O(0.1..10)
         assert all(0 < float(r["grad_norm"]) < 1e3 for r in net_rows)
     # same seed, same weights at init: only the shortcuts differ, and they change every block's gradient
     plain, res = (
         np.array([float(r["grad_norm"]) for r in nets[k]]) for k in ("plain-8 at init", "ResNet-8 at init")
     )
-    assert not np.allclose(plain[:4], res[:4], rtol=1e-3)
+    assert not np.allclose(plain[:4], res[:4], rtol=1e-3)  # shortcuts change the norms by O(1), not 1e-3
     assert (tmp_path / "gradients.png").stat().st_size > 10_000
     assert "at init" in capsys.readouterr().out
 
@@ -146,6 +151,7 @@ def test_gradients_of_a_run_trained_with_steps_per_call_are_those_of_single_step
         for k in (1, 2)
     )
     assert [r["block"] for r in fused] == [r["block"] for r in single]
+    # the same program on the same batches: equal up to the last bits of a norm's square root (rtol 1e-6)
     np.testing.assert_allclose([r["grad_norm"] for r in fused], [r["grad_norm"] for r in single], rtol=1e-6)
 
 
@@ -158,6 +164,8 @@ def test_scanned_runs_are_analysed_unstacked():
     stacked = models.convert_variables(net.variables, to_scan=True)  # the checkpoint's layout
     assert "stage1_scan" in stacked["params"] and "stage1_block1" in net.variables["params"]
     scanned = jax.jit(net.trained_model.apply)(stacked, images)
+    # scanned vs unrolled programs of ResNet-20 on O(1) logits: regrouped sums over 19 layers, ~19 x 2 x
+    # sqrt(576) x u = 5e-5 (helpers.reordered_sum_rtol); atol 1e-4
     np.testing.assert_allclose(jax.jit(net.model.apply)(net.variables, images), scanned, atol=1e-4)
 
 

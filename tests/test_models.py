@@ -81,6 +81,8 @@ def test_he_init_and_zero_init_residual(init, fan):
     model = models.create("cifar", 8, "B", init=init, zero_init_residual=True)
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
     kernel = params["stage3_block0"]["conv1"]["kernel"]  # 3x3, 32 -> 64
+    # the sample std of 3 x 3 x 32 x 64 = 18,432 normal draws: relative standard error 1 / sqrt(2 n) =
+    # 0.52%; rel 0.03 is ~6 standard errors (a wrong fan is off by sqrt(2) = 41%)
     assert float(kernel.std()) == pytest.approx((2 / fan) ** 0.5, rel=0.03)
     for s in (1, 2, 3):
         block = params[f"stage{s}_block0"]
@@ -150,10 +152,14 @@ def test_scan_and_unrolled_give_identical_logits_and_gradients():
     back = models.convert_variables(as_scan, to_scan=False)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), back, variables))
 
+    # Scanned and unrolled are two XLA programs of the same arithmetic: sums regrouped, of 32 x 8 x 8
+    # terms per BN moment and 3 x 3 x 64 per conv output over 19 layers (helpers.reordered_sum_rtol:
+    # 19 x 4 sums x sqrt(2048) x u = 2e-4 relative at worst for the gradients; the logits and BN
+    # statistics pass through 2 sums a layer, ~1e-5, as the comment above measured 3e-6).
     np.testing.assert_allclose(unrolled.apply(variables, x), scanned.apply(as_scan, x), rtol=1e-5, atol=1e-5)
     (loss_u, state_u), grads_u = loss_and_grads(unrolled, variables, x, y)
     (loss_s, state_s), grads_s = loss_and_grads(scanned, as_scan, x, y)
-    np.testing.assert_allclose(loss_u, loss_s, rtol=1e-6)
+    np.testing.assert_allclose(loss_u, loss_s, rtol=1e-6)  # a mean of 32 terms: ~sqrt(32) u = 3e-7
     grads_s = models.convert_variables({"params": grads_s}, to_scan=False)["params"]
     stats_s = models.convert_variables(dict(state_s), to_scan=False)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_u, grads_s)
@@ -168,6 +174,8 @@ def test_remat_does_not_change_the_gradients():
     variables = plain.init(jax.random.key(0), x)
     (_, _), g1 = loss_and_grads(plain, variables, x, y)
     (_, _), g2 = loss_and_grads(remat, variables, x, y)
+    # remat recomputes the same forward ops in the backward pass (the same program order per op): only
+    # fusion boundaries may move, a few u per value; rtol 1e-5 is ~100 u.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g2)
 
 
@@ -203,6 +211,9 @@ def test_channel_padded_conv_equals_conv(kernel, strides):
     def loss(module, p):
         return jnp.sum(jnp.sin(module.apply(p, x)))
 
+    # Zero channels add exact zeros to each conv sum, but change its length (and XLA's grouping of it):
+    # sqrt(k x k x 8) x u ~ 1e-6 per output; the gradient sums over the whole batch's positions as well
+    # (rtol 1e-4, atol 1e-5 for the near-zero entries).
     np.testing.assert_allclose(padded.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
     g1, g2 = jax.grad(lambda p: loss(plain, p))(params), jax.grad(lambda p: loss(padded, p))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g1, g2)
@@ -217,6 +228,8 @@ def test_channel_padded_stem_gives_the_same_network():
     jax.tree.map(np.testing.assert_array_equal, padded.init(jax.random.key(0), x), variables)
     (loss1, _), g1 = loss_and_grads(plain, variables, x, y)
     (loss2, _), g2 = loss_and_grads(padded, variables, x, y)
+    # As above, over ResNet-8's 7 BN layers: the loss ~16 u, the gradients' sums over 32 x 16 x 16
+    # positions regrouped: 7 x 4 x sqrt(8192) x u = 1.5e-4 at most (helpers.reordered_sum_rtol).
     np.testing.assert_allclose(loss1, loss2, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g2)
 
@@ -246,6 +259,8 @@ class TestBatchNormGroups:
         variables = model.init(jax.random.key(0), x)
         out, state = grouped.apply(variables, x, train=True, mutable=["batch_stats"])
         parts = [model.apply(variables, x[i : i + 2], train=True, mutable=["batch_stats"]) for i in (0, 2, 4)]
+        # One program normalising 3 groups vs 3 programs of one group: BN moments over 2 x 32 x 32
+        # values grouped otherwise, sqrt(2048) u = 2.7e-6 per layer (rtol 1e-5 over ResNet-8's layers).
         np.testing.assert_allclose(out, jnp.concatenate([p[0] for p in parts]), rtol=1e-5, atol=1e-5)
         # Running statistics: the mean over groups of each group's update.
         mean_of_parts = jax.tree.map(lambda *s: sum(s) / 3, *[dict(p[1]) for p in parts])
@@ -270,4 +285,4 @@ class TestBatchNormGroups:
         variables = model.init(jax.random.key(0), x)
         a, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
         b, _ = grouped.apply(variables, x, train=True, mutable=["batch_stats"])
-        assert np.abs(a - b).max() > 1e-3
+        assert np.abs(a - b).max() > 1e-3  # different statistics change O(1) outputs by O(0.1), not 1e-3

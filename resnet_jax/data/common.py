@@ -14,6 +14,15 @@ import numpy as np
 
 from resnet_jax.config import DataError
 
+# Image files wherever a folder is listed, in any case (ImageNet's are *.JPEG): Pillow, TensorFlow's
+# decode_image and DALI all decode these.
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+def is_image(name: str) -> bool:
+    """An image file by its name: one of IMAGE_EXTENSIONS in any case, and not hidden (e.g. ._x.jpg)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
 
 @dataclasses.dataclass
 class DeviceHeldData:

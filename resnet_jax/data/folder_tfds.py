@@ -1,4 +1,5 @@
-"""A TFDS dataset built from a JPEG folder <split>/<class>/<image>.jpg, the bytes stored unchanged.
+"""A TFDS dataset built from an image folder <split>/<class>/<image> (.jpg, .JPEG, .png: any case), the
+bytes stored unchanged.
 
 It lets the ImageNet pipeline (tf.data, fused decode-and-crop) run on real JPEG files anywhere: the
 tests and benchmarks/input_pipeline.py build one from CIFAR images upscaled to ImageNet-like sizes.
@@ -13,12 +14,14 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from resnet_jax.data.common import is_image
+
 NAME = "jpeg_folder"
 SPLIT_DIRS = ("train", "validation", "test")
 
 
 class JpegFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """<root>/<split>/<class>/<image>.jpg; read back without this code (TFDS reads its files)."""
+    """<root>/<split>/<class>/<image>; read back without this code (TFDS reads its files)."""
 
     VERSION = tfds.core.Version("1.0.0")
 
@@ -45,7 +48,7 @@ class JpegFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, split_dir: pathlib.Path):
         for label, name in enumerate(self._classes()):
-            for f in sorted((split_dir / name).glob("*.jpg")):
+            for f in sorted(f for f in (split_dir / name).iterdir() if is_image(f.name)):
                 yield f"{name}/{f.name}", {"image": f.read_bytes(), "label": label}
 
 

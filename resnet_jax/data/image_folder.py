@@ -1,4 +1,5 @@
-"""Image folders laid out <split>/<class>/<image>, as a directory or a .tar/.tar.gz: decoded with Pillow.
+"""Image folders laid out <split>/<class>/<image> (.jpg, .jpeg, .png in any case), as a directory or a
+.tar/.tar.gz: decoded with Pillow.
 
 Host-side listing, decoding and caching only (no JAX, no TensorFlow). Decoded uint8 arrays are cached as
 .npz under the cache directory, keyed by a hash of the source (the archive's sha256, or a directory's file
@@ -20,7 +21,7 @@ import zipfile
 
 import numpy as np
 
-from resnet_jax.data.common import DataError
+from resnet_jax.data.common import DataError, is_image
 from resnet_jax.workdir import write_whole
 
 SPLITS = ("train", "test")
@@ -108,7 +109,7 @@ def index_folder(path: str | os.PathLike) -> FolderIndex:
     by_split: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
     for name in names:
         parts = name.split("/")
-        if len(parts) == 3 and parts[0] in by_split and not parts[2].startswith("."):
+        if len(parts) == 3 and parts[0] in by_split and is_image(parts[2]):
             by_split[parts[0]].setdefault(parts[1], []).append(prefix + name)
     for split in SPLITS:
         if not by_split[split]:

@@ -6,14 +6,23 @@ TFDS are imported on first use only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import os
+import socket
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 
 import ml_collections
 
 from resnet_jax.data.common import DataError
 
 _tf_module = None
+PROBE_TIMEOUT_S = 5.0  # a reachable host answers a TCP connect in well under a second; DNS gets the same
 
 
 def tf_module():
@@ -30,8 +39,26 @@ def tf_module():
     return _tf_module
 
 
+@contextlib.contextmanager
+def quiet_absl() -> Iterator[None]:
+    """TFDS's absl warnings off for a moment: what matters reaches the user as a DataError."""
+    from absl import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def default_dir() -> str:
+    """Where TFDS keeps datasets when data.tfds_dir is empty."""
+    return os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+
+
 def _manual_error(name: str, data_dir: str) -> DataError:
-    d = data_dir or "~/tensorflow_datasets"
+    d = data_dir or default_dir()
     if name == "imagenet2012":
         return DataError(
             f"imagenet2012 is not prepared in {d}: download ILSVRC2012_img_train.tar and "
@@ -48,28 +75,79 @@ def tfds_builder(name: str, tfds_dir: str = "", allow_download: bool = False):
     """The TFDS builder of `name`, prepared (downloading it only when allowed and possible)."""
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name, data_dir=tfds_dir or None)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise DataError(
-            f"unknown dataset {name!r}: use cifar10, cifar100, image_folder, synthetic or a TFDS name."
-        ) from e
-    if builder.is_prepared():
-        return builder
+    # quiet: a download cut short leaves an empty folder that TFDS warns about at every look
+    with quiet_absl():
+        try:
+            builder = tfds.builder(name, data_dir=tfds_dir or None)
+        except tfds.core.registered.DatasetNotFoundError as e:
+            raise DataError(
+                f"unknown dataset {name!r}: use cifar10, cifar100, image_folder, synthetic or a TFDS name."
+            ) from e
+        if builder.is_prepared():
+            return builder
     if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
         raise _manual_error(name, tfds_dir)
     if not allow_download:
         return builder
-    try:
+    try:  # check() said before anything was built whether the download hosts can be reached
         builder.download_and_prepare()
-    except Exception as e:  # offline, or the source is gone
-        d = tfds_dir or "~/tensorflow_datasets"
-        raise DataError(
-            f"{name} is not in {d} and could not be downloaded ({type(e).__name__}): "
-            f"run `tfds build {name} --data_dir={d}` on a machine with internet access, "
-            "or point --config.data.path at a local <split>/<class>/<image> folder or tar."
-        ) from e
+    except Exception as e:  # the source is gone, or the network went away during the download
+        raise _offline_error(name, tfds_dir, f"could not be downloaded ({type(e).__name__})") from e
     return builder
+
+
+def _offline_error(name: str, tfds_dir: str, why: str) -> DataError:
+    d = tfds_dir or default_dir()
+    return DataError(
+        f"{name} is not in {d} and {why}: point --config.data.path at a local copy laid out "
+        "<split>/<class>/<image> (a folder or a .tar/.tar.gz; analyze: --override=data.path=...), "
+        f"or run `tfds build {name} --data_dir={d}` on a machine with internet access."
+    )
+
+
+def _endpoint(url: str) -> tuple[str, int] | None:
+    """The (host, port) a download of `url` connects to first: its proxy's, when one applies."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def unreachable(endpoints: set[tuple[str, int]], timeout: float = PROBE_TIMEOUT_S) -> list[str]:
+    """The "host:port"s that neither resolve nor accept a TCP connection within `timeout` seconds, probed
+    in parallel (in threads: name resolution has no timeout of its own and may hang for far longer)."""
+    answered: dict[tuple[str, int], bool] = {}
+
+    def probe(endpoint: tuple[str, int]) -> None:
+        try:
+            socket.create_connection(endpoint, timeout=timeout).close()
+            answered[endpoint] = True
+        except OSError:
+            answered[endpoint] = False
+
+    threads = [threading.Thread(target=probe, args=(e,), daemon=True) for e in sorted(endpoints)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))  # all together: `timeout` at most, however many
+    return [f"{h}:{p}" for h, p in sorted(endpoints) if not answered.get((h, p), False)]
+
+
+def check_download_route(builder, tfds_dir: str = "") -> None:
+    """A DataError at once when a host the builder downloads from cannot be reached (offline), instead of
+    TFDS retrying the download for minutes. Builders that list no URLs are left to try. Called by check
+    (data.validate, once a run, before anything is built), not before each download: a mocked download
+    (tfds.testing.mock_data) reaches no host."""
+    urls = list(getattr(builder, "url_infos", None) or ())
+    endpoints = {e for e in map(_endpoint, urls) if e is not None}
+    down = unreachable(endpoints) if endpoints else []
+    if down:
+        why = f"{down[0]}, where its download goes, cannot be reached (offline?)"
+        raise _offline_error(builder.name, tfds_dir, why)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +194,11 @@ def check(cfg_data: ml_collections.ConfigDict) -> None:
         raise DataError(
             f"{cfg_data.name} is read with tensorflow-datasets, which is not installed (or set data.path)."
         )
-    tfds_builder(cfg_data.name, cfg_data.tfds_dir)  # unknown or unprepared-manual: DataError
+    builder = tfds_builder(cfg_data.name, cfg_data.tfds_dir)  # unknown or unprepared-manual: DataError
+    with quiet_absl():
+        prepared = builder.is_prepared()
+    if not prepared:  # its first load downloads it: say now when that cannot work
+        check_download_route(builder, cfg_data.tfds_dir)
 
 
 def prepared_splits(builder):
