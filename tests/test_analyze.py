@@ -204,7 +204,8 @@ def test_a_damaged_latest_checkpoint_is_read_around_and_left_in_place(tmp_path, 
     before = sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*"))
     argv = ["gradients", f"--workdir={workdir}", "--batches=1", f"--out={tmp_path / 'out'}"]
     assert analyze.main(argv) == 0
-    assert f"checkpoint {workdir / 'checkpoints' / '4'} is unreadable" in capsys.readouterr().out
+    # a handled fault: one warning line, on stderr (#14)
+    assert f"checkpoint {workdir / 'checkpoints' / '4'} is unreadable" in capsys.readouterr().err
     assert {r["net"] for r in read_csv(tmp_path / "out" / "gradients.csv")} == {"ResNet-8 at step 2"}
     assert checkpoint_steps(workdir) == [2, 4]
     assert sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*")) == before

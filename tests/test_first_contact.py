@@ -165,11 +165,14 @@ def test_ctrl_c_during_a_hung_download_stops_at_once_without_a_traceback(tmp_pat
 def test_the_probe_gives_up_on_a_host_that_hangs_within_its_timeout(monkeypatch):
     """Name resolution has no timeout of its own: a resolver that hangs must not hang the probe."""
     real = socket.create_connection
-    monkeypatch.setattr(
-        socket,
-        "create_connection",
-        lambda a, *k, **kw: time.sleep(30) if a[0] == "hangs" else real(a, *k, **kw),
-    )
+
+    def connect(address, *args, **kwargs):
+        if address[0] != "hangs":
+            return real(address, *args, **kwargs)
+        time.sleep(30)  # then fail as a resolver that gave up would (the thread outlives this test)
+        raise OSError("name resolution timed out")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
     server = socket.create_server(("127.0.0.1", 0))
     sock, refused = refusing_port()
     with server, sock:
