@@ -275,6 +275,7 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         )
     if cfg.num_train_steps <= 0 and cfg.num_epochs <= 0:
         raise ConfigError("set num_train_steps or num_epochs to a positive number")
+    check_pack(cfg)
     if cfg.steps_per_call > 1 and not is_device_held(d):
         raise ConfigError("steps_per_call > 1 needs device-held data (CIFAR, image folders or synthetic)")
     known = DATASET_CLASSES.get(d.name)
@@ -298,6 +299,26 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
             "to 'constant' or 'linear', or the length to 0"
         )
     parse_profile_steps(cfg.profile_steps)
+
+
+def check_pack(cfg: ml_collections.ConfigDict) -> None:
+    """num_seeds: the seeds of one program (pack.py) share everything but the seed."""
+    k = cfg.num_seeds
+    if k < 1:
+        raise ConfigError(f"num_seeds must be at least 1 (the seeds trained side by side); got {k}")
+    if k == 1:
+        return
+    if not is_device_held(cfg.data):
+        raise ConfigError(
+            f"num_seeds={k} packs the seeds into one program, which needs device-held data (CIFAR, image "
+            "folders or synthetic): train streamed data one seed per run (sweep without --pack)"
+        )
+    if cfg.seed + k - 1 > schema.SCHEMA["seed"].hi:
+        raise ConfigError(f"num_seeds={k} from seed {cfg.seed} passes the largest seed; start lower")
+    if cfg.keep_checkpoints < 2:
+        # A kill between two seeds' writes leaves them one checkpoint apart: the pack resumes at the
+        # previous one, which every seed must still have.
+        raise ConfigError(f"num_seeds={k} needs keep_checkpoints >= 2 to resume all seeds at one step")
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int] | None:
