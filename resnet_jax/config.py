@@ -302,22 +302,18 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
 
 
 def check_pack(cfg: ml_collections.ConfigDict) -> None:
-    """num_seeds: the seeds of one program (pack.py) share everything but the seed."""
+    """num_seeds: seeds in one program (pack.py), resumed at a checkpoint step that all of them keep."""
     k = cfg.num_seeds
     if k < 1:
         raise ConfigError(f"num_seeds must be at least 1 (the seeds trained side by side); got {k}")
-    if k == 1:
-        return
-    if not is_device_held(cfg.data):
+    if k > 1 and not is_device_held(cfg.data):
         raise ConfigError(
             f"num_seeds={k} packs the seeds into one program, which needs device-held data (CIFAR, image "
             "folders or synthetic): train streamed data one seed per run (sweep without --pack)"
         )
-    if cfg.seed + k - 1 > schema.SCHEMA["seed"].hi:
+    if k > 1 and cfg.seed + k - 1 > schema.SCHEMA["seed"].hi:
         raise ConfigError(f"num_seeds={k} from seed {cfg.seed} passes the largest seed; start lower")
-    if cfg.keep_checkpoints < 2:
-        # A kill between two seeds' writes leaves them one checkpoint apart: the pack resumes at the
-        # previous one, which every seed must still have.
+    if k > 1 and cfg.keep_checkpoints < 2:
         raise ConfigError(f"num_seeds={k} needs keep_checkpoints >= 2 to resume all seeds at one step")
 
 

@@ -130,8 +130,7 @@ def setup(cfg: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Pack:
     if shared:
         held, held_axes = first.inputs.held, None
     else:  # synthetic images are drawn from the seed: each seed reads its own
-        stacked = jax.jit(lambda *hs: jax.tree.map(lambda *x: jnp.stack(x), *hs), out_shardings=packed)
-        held, held_axes = stacked(*[r.inputs.held for r in runs]), 0
+        held, held_axes = stack_held([r.inputs.held for r in runs], packed), 0
     # The trainer's own step, as `train.setup` bound it (model, optimizer, inputs, nan_policy).
     step = first.update.__wrapped__
     update = jax.jit(
@@ -147,6 +146,16 @@ def setup(cfg: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Pack:
     stack = jax.jit(lambda states: jax.tree.map(lambda *x: jnp.stack(x), *states), out_shardings=packed)
     unstack = jax.jit(lambda state, i: jax.tree.map(lambda x: x[i], state), out_shardings=replicated)
     return Pack(runs, mesh, update, fresh, held, stack, unstack)
+
+
+def stack_held(held: list[dict], sharding: NamedSharding) -> dict:
+    """The seeds' held arrays stacked on the pack axis (abstract ones, on a compile-only mesh such as
+    benchmarks/gpu_aot.py's, stay abstract)."""
+    if isinstance(jax.tree.leaves(held[0])[0], jax.ShapeDtypeStruct):
+        return jax.tree.map(
+            lambda *x: jax.ShapeDtypeStruct((len(x), *x[0].shape), x[0].dtype, sharding=sharding), *held
+        )
+    return jax.jit(lambda hs: jax.tree.map(lambda *x: jnp.stack(x), *hs), out_shardings=sharding)(held)
 
 
 # ---------------------------------------------------------------------------------------------
