@@ -1,5 +1,6 @@
 """Seeds side by side in one program: the trainer's own step vmapped over a leading pack axis of the state and
-the batch, each seed with its own init, data order, augmentation, BN statistics, workdir and files.
+the batch (shard_map over the mesh's "pack" axis), each seed with its own init, data order, augmentation,
+BN statistics, workdir and files.
 
 Reuses train.py's pure step, `Run` and `Loop` (one per seed); it must not change what a seed computes (seed s
 trains as it would alone, up to float32 reordering), nor hold config rules (config.py's).
