@@ -432,8 +432,7 @@ def summary(r: dict) -> str:
     per_launch = f", {r['flops_per_launch'] / 1e9:.2f} GFLOP per launch" if r.get("flops_per_launch") else ""
     return (
         f"{name} on {r['device_kind']}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s"
-        f"{per_launch}\n"
-        + counts_text(r, r["steps_per_call"])
+        f"{per_launch}\n" + counts_text(r, r["steps_per_call"])
     )
 
 
