@@ -37,7 +37,7 @@ def add_config_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def build_config(args: argparse.Namespace, steps_per_call: int):
     """The experiment's config with the benchmark's overrides: synthetic data, never-due intervals."""
-    from resnet_jax import config, experiments
+    from resnet_jax import cli, experiments
 
     cfg = experiments.load_config(args.config)
     if not args.real_data:
@@ -53,7 +53,7 @@ def build_config(args: argparse.Namespace, steps_per_call: int):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set wants key=value, got {item!r}")
-        config.override(cfg, key.strip(), value.strip())
+        cli.override(cfg, key.strip(), value.strip())
     cfg.steps_per_call = steps_per_call
     # The run's length and intervals only matter to the loop: make them valid for any config.
     k = steps_per_call

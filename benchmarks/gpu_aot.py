@@ -4,6 +4,7 @@
     python benchmarks/gpu_aot.py --config=configs/imagenet_r50.py:v1.5 --dtype bfloat16 --batch_size 256
     python benchmarks/gpu_aot.py ... --target benchmarks/gpu_targets/h200_sxm.txtpb --dump /tmp/aot_dump
     python benchmarks/gpu_aot.py ... --state_layout auto --no_donate   # as train_step.py: see update_fn
+    python benchmarks/gpu_aot.py --config=configs/cifar10.py:resnet20 --dtype bfloat16 --pack 1,2,4,8,16
 
 Deviceless ahead-of-time compilation: jax's CPU backend runs the Python side, and the CUDA PJRT
 plugin (jax-cuda13-plugin, which needs no GPU, no driver and no cuDNN/cuBLAS to compile) makes a
@@ -16,8 +17,10 @@ structure is the compiler's own.
 
 The step is the trainer's own: `train.setup(cfg)` (with benchmarks/train_step.py's config
 overrides) builds `run.update`, lowered on the state's and a batch's shapes exactly as
-train_step.py's count_flops does. Only where arrays would live changes: the mesh is the target's
-(compile-only) devices and the data arrays are ShapeDtypeStructs on it.
+train_step.py's count_flops does; with --pack K, the packed step of K seeds (`pack.setup(cfg)`, as
+`train_step.py --pack` and `resnet_jax.main --config.num_seeds=K` build it), and each row adds the
+FLOPs per host-issued launch (6 x multiply-adds x K batches / launches). Only where arrays would live
+changes: the mesh is the target's (compile-only) devices and the data arrays are ShapeDtypeStructs on it.
 
 Counts come from XLA's dumps of the compiled module: the thunk sequence (what the GPU executable
 runs: kernels, cuDNN/cuBLAS calls, copies, loops, command buffers) and the optimized HLO (fusions by
@@ -348,17 +351,20 @@ def read_dump(dump: pathlib.Path, modules: tuple[str, ...] = STEP_MODULES) -> di
 # One row.
 
 
-def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
+def compile_row(args, mesh, k: int, dump_root: pathlib.Path, seeds: int = 0) -> dict:
     import jax
 
-    from resnet_jax import train
+    from resnet_jax import pack, train
+    from resnet_jax.models import flops as flops_lib
 
     cfg = build_config(args, k)
+    cfg.num_seeds = max(seeds, 1)
     with on_mesh(mesh):
-        run = train.setup(cfg)
+        run = pack.setup(cfg, pack.create_mesh(seeds, mesh.devices.flat)) if seeds else train.setup(cfg)
         state = run.abstract_state()
         batch = next(run.batches(0))
     variant = ("_auto_layout" if args.state_layout == "auto" else "") + ("" if args.donate else "_no_donate")
+    variant += f"_pack{seeds}" if seeds else ""
     stem = pathlib.Path(args.config.split(":")[0]).stem
     dump = (
         dump_root
@@ -367,8 +373,10 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
     shutil.rmtree(dump, ignore_errors=True)  # read_dump must not find an earlier compile's modules
     dump.mkdir(parents=True)
     compiled, lower_s, compile_s = compile_update(update_fn(run, args), state, batch, xla_dump_to=str(dump))
-    counts = read_dump(dump)
+    counts = read_dump(dump)  # a packed update is named jit_train_step too (vmap keeps the name)
     mem = memory(compiled)
+    flops = 6.0 * flops_lib.count_macs(run.model, run.inputs.image_shape[0]) * cfg.batch_size * max(seeds, 1)
+    launches = (counts["thunks"] or {}).get("host_issued_per_call")
     if args.state_layout == "auto":  # train_step.place_state needs them equal to run the step
         counts["state_layouts_round_trip"] = state_layouts_round_trip(compiled)
     return {
@@ -378,6 +386,9 @@ def compile_row(args, mesh, k: int, dump_root: pathlib.Path) -> dict:
         "dtype": str(jax.numpy.dtype(run.dtype)),
         "batch_size": cfg.batch_size,
         "steps_per_call": k,
+        "pack": seeds,
+        "analytic_flops_per_step": flops,
+        "flops_per_launch": flops * k / launches if launches else None,
         "state_layout": args.state_layout,
         "donate": args.donate,
         "device_kind": mesh.devices.flat[0].device_kind,
@@ -417,9 +428,11 @@ def counts_text(r: dict, steps_per_call: int = 1) -> str:
 
 def summary(r: dict) -> str:
     name = f"{r['family']}-{r['depth']} b{r['batch_size']} k{r['steps_per_call']} {r['dtype']}"
+    name += f" x{r['pack']} seeds" if r.get("pack") else ""
+    per_launch = f", {r['flops_per_launch'] / 1e9:.2f} GFLOP per launch" if r.get("flops_per_launch") else ""
     return (
-        f"{name} on {r['device_kind']}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s\n"
-        + counts_text(r, r["steps_per_call"])
+        f"{name} on {r['device_kind']}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s"
+        f"{per_launch}\n" + counts_text(r, r["steps_per_call"])
     )
 
 
@@ -427,6 +440,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_config_flags(p, required=False)
     p.add_argument("--steps_per_call", default="1", help="comma list, one compile each")
+    p.add_argument("--pack", default="", help="seeds in one program (comma list, one compile each)")
     add_step_flags(p)
     p.add_argument("--target", default=str(DEFAULT_TARGET), help="GpuTargetConfigProto text file")
     p.add_argument("--topology", default="1x1x1", help="slices x hosts x GPUs per host, e.g. 1x1x8")
@@ -455,8 +469,11 @@ def main(argv=None) -> list[dict]:
     mesh = gpu_mesh(args.target, args.topology)
     dump_root = pathlib.Path(args.dump or tempfile.mkdtemp(prefix="gpu_aot_"))
     rows = []
-    for k in [int(x) for x in args.steps_per_call.split(",") if x.strip()]:
-        row = compile_row(args, mesh, k, dump_root)
+    packs = [int(x) for x in args.pack.split(",") if x.strip()] or [0]
+    for k, seeds in [
+        (k, n) for k in [int(x) for x in args.steps_per_call.split(",") if x.strip()] for n in packs
+    ]:
+        row = compile_row(args, mesh, k, dump_root, seeds)
         rows.append(row)
         print(summary(row), flush=True)
         if args.json:

@@ -117,6 +117,19 @@ PY
 
 run_item() {
   case $1 in
+    # --- issue #17: K seeds side by side in one program (train_step.py --pack), aggregate img/s ---
+    pack_r20) # ResNet-20, 20 steps/call, K = 1, 2, 4, 8, 16 (one compile each); the unpacked step first
+      item pack_r20 90 240 "${BENCH[@]}" --config=configs/cifar10.py:resnet20 --steps_per_call=20 --steps=100 \
+        --warmup=20 --no_loop --pack=0,1,2,4,8,16 --json="$WORK/pack_r20.json" ;;
+    pack_r56)
+      item pack_r56 120 300 "${BENCH[@]}" --config=configs/cifar10.py:resnet56 --steps_per_call=20 --steps=60 \
+        --warmup=20 --no_loop --pack=0,1,2,4,8,16 --json="$WORK/pack_r56.json" ;;
+    pack_r110) # scanned blocks (the config's default from depth 110)
+      item pack_r110 150 360 "${BENCH[@]}" --config=configs/cifar10.py:resnet110 --steps_per_call=20 --steps=40 \
+        --warmup=20 --no_loop --pack=0,1,2,4,8,16 --json="$WORK/pack_r110.json" ;;
+    pack_aot) # what the packed ResNet-20 step launches for K = 1..16, compiled for this card without running it
+      item pack_aot 90 240 python3 benchmarks/gpu_aot.py --config=configs/cifar10.py:resnet20 --dtype=bfloat16 \
+        --steps_per_call=20 --pack=1,2,4,8,16 --json="$WORK/pack_aot.json" ;;
     # --- issue #7, second session: a same-session peer, then where the time goes, then levers ---
     peer_r50) # the flax example's own ResNet-50 v1.5 step, bf16, batch 256 (issue: 6,879 img/s)
       item peer_r50 60 150 python3 benchmarks/peer_flax_imagenet.py --batch_size=256 --steps=30 \
@@ -280,9 +293,9 @@ full_run() {
   fi
 }
 
-DEFAULT_ITEMS="r20_default r20_conv_fusion r20_conv_fusion_while r20_full_best peer_r50 r50_v15 r50_v15_auto_layout \
+DEFAULT_ITEMS="pack_r20 r20_default r20_conv_fusion r20_conv_fusion_while r20_full_best peer_r50 r50_v15 r50_v15_auto_layout \
 r56_conv_fusion_while r50_conv_fusion aot_check r20_b256 r20_full_b256 profile_r20 r50_v15_stem4 r56_b256 r20_f32 peer_torch_eager \
-profile_r50 r20_cmdbuf_unroll r20_concurrent r20_runtime_fusion r20_nhwc peer_torch_compile"
+profile_r50 r20_cmdbuf_unroll r20_concurrent r20_runtime_fusion r20_nhwc peer_torch_compile pack_r56 pack_r110 pack_aot"
 for name in ${ITEMS:-$DEFAULT_ITEMS}; do run_item "$name"; done
 
 log "summary"

@@ -422,7 +422,7 @@ def end_to_end(args, root: str) -> list[dict]:
     img/s is wall time, host CPU ms per image is this process's CPU time (every thread)."""
     import jax
 
-    from resnet_jax import config, experiments, train
+    from resnet_jax import cli, experiments, train
 
     feeds = [f for f in (args.e2e_pipelines.split(",") if args.e2e_pipelines else E2E_FEEDS) if f]
     unknown = sorted(set(feeds) - set(E2E_FEEDS))
@@ -438,7 +438,7 @@ def end_to_end(args, root: str) -> list[dict]:
             cfg.model.dtype = args.dtype
         for item in args.set:
             key, _, value = item.partition("=")
-            config.override(cfg, key, value)
+            cli.override(cfg, key, value)
         run = train.setup(cfg)
         update = run.update
         if name == "tfdata_no_prefetch":

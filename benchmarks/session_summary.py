@@ -41,6 +41,7 @@ def step_table(files: list[tuple[pathlib.Path, dict]]) -> list[str]:
             run = path.stem + (f" `{flags}`" if flags else "")
             run += " `--state_layout auto`" if r.get("state_layout") == "auto" else ""
             run += " `--no_donate`" if r.get("donate") is False else ""
+            run += f" (pack of {r['pack']} seeds: aggregate img/s)" if r.get("pack") else ""
             lines.append(
                 f"| {run} | {model_name(r)} | {r['batch_size']} | {r['dtype']} | {data} | "
                 f"{r['steps_per_call']} | {r['lower_s'] + r['compile_s']:.1f} | {r['step_ms']:.3f} | "

@@ -3,6 +3,7 @@
     python benchmarks/train_step.py --config=configs/cifar10.py:resnet56 --json /tmp/r56.json
     python benchmarks/train_step.py --config=configs/imagenet_r50.py:v1.5 --set model.dtype=bfloat16
     python benchmarks/train_step.py --config=configs/cifar10.py:resnet20 --steps_per_call 1,20
+    python benchmarks/train_step.py --config=configs/cifar10.py:resnet20 --pack 1,2,4,8,16  # seeds a program
 
 What is timed is exactly what `python -m resnet_jax.main` executes: `train.setup(cfg)` builds the
 run, `run.init()` the state, `run.batches()` the device batches and `run.update` (jitted, donating
@@ -19,6 +20,11 @@ Two loops are timed: "step" feeds batches staged on the device beforehand (the s
 makes each batch on the host as the trainer does and accumulates the metrics (the trainer's loop
 without logging, evaluation and checkpoints), after two untimed calls of its own (the first sums of
 `train.accumulate` compile its eager ops).
+
+--pack K (a comma list measures each): K seeds side by side in one program, as `python -m
+resnet_jax.main --config.num_seeds=K` runs them (`pack.setup(cfg)`, `Pack.init`, `Pack.batches` and the
+packed `update`, the trainer's step vmapped over the seeds); img/s and FLOPs are the pack's aggregate
+(K x batch images a step), `step_ms` one packed step of all K.
 
 FLOPs: XLA's cost analysis of the compiled call (compiled.cost_analysis()["flops"]: one device's part
 of the SPMD program, times the device count), and the model's exact multiply-adds
@@ -183,18 +189,21 @@ def timed_repeats(fn, repeats: int) -> list[float]:
     return out
 
 
-def measure(args, steps_per_call: int, log=print) -> dict:
-    """One row: build, compile, run and time the step at `steps_per_call`."""
+def measure(args, steps_per_call: int, log=print, seeds: int = 0) -> dict:
+    """One row: build, compile, run and time the step at `steps_per_call` (`seeds` > 0: a pack of so many
+    seeds, its aggregate images)."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
-    from resnet_jax import train
+    from resnet_jax import pack, train
     from resnet_jax.models import flops as flops_lib
 
     k = steps_per_call
     cfg = build_config(args, k)
+    cfg.num_seeds = max(seeds, 1)
     t = time.perf_counter()
-    run = train.setup(cfg)
+    run = pack.setup(cfg) if seeds else train.setup(cfg)
     setup_s = time.perf_counter() - t
     t = time.perf_counter()
     state = jax.block_until_ready(run.init())
@@ -235,7 +244,7 @@ def measure(args, steps_per_call: int, log=print) -> dict:
     loop_times = timed_repeats(trainer_loop, args.repeats) if args.loop else []
     _, metrics = compiled(box["state"], staged[0])
     metrics = jax.device_get(metrics)
-    loss = float(metrics["loss"]) / float(metrics["count"])
+    loss = float(np.sum(metrics["loss"])) / float(np.sum(metrics["count"]))
     box.clear()  # the state was donated
 
     steps = calls * k
@@ -246,7 +255,8 @@ def measure(args, steps_per_call: int, log=print) -> dict:
     peak = peak_bf16(kind, plat)
     image_size = run.inputs.image_shape[0]
     macs = flops_lib.count_macs(run.model, image_size)
-    analytic = 6.0 * macs * cfg.batch_size
+    images = cfg.batch_size * max(seeds, 1)  # a pack trains K batches a step
+    analytic = 6.0 * macs * images
     # The compiled program is one device's part of the SPMD step: x devices for the whole step.
     xla_per_step = xla_flops * n_dev / k if (xla_flops is not None and not loops) else None
     row = {
@@ -261,6 +271,7 @@ def measure(args, steps_per_call: int, log=print) -> dict:
         "batch_size": cfg.batch_size,
         "image_size": image_size,
         "steps_per_call": k,
+        "pack": seeds,
         "data": cfg.data.name,
         "augmented": cfg.data.name != "synthetic" and cfg.model.family == "cifar",
         "overrides": list(args.set or []),
@@ -278,10 +289,10 @@ def measure(args, steps_per_call: int, log=print) -> dict:
         "repeats": args.repeats,
         "step_ms": 1e3 * step_s,
         "step_ms_repeats": [1e3 * x / steps for x in step_times],
-        "images_per_s": cfg.batch_size / step_s,
-        "images_per_s_per_device": cfg.batch_size / step_s / n_dev,
+        "images_per_s": images / step_s,
+        "images_per_s_per_device": images / step_s / n_dev,
         "loop_step_ms": 1e3 * loop_s if loop_s else None,
-        "loop_images_per_s": cfg.batch_size / loop_s if loop_s else None,
+        "loop_images_per_s": images / loop_s if loop_s else None,
         "final_loss": loss,
         "xla_flops_per_call_per_device": xla_flops,
         "xla_bytes_per_call_per_device": xla_bytes,
@@ -360,6 +371,7 @@ def table(rows: list[dict]) -> str:
             name += "-v1.5"
         name += "-auto_layout" if r.get("state_layout") == "auto" else ""
         name += "-no_donate" if r.get("donate") is False else ""
+        name += f" x{r['pack']} seeds" if r.get("pack") else ""
         lines.append(
             f"{name:<24} {r['batch_size']:>5} {r['dtype']:>8} {r['steps_per_call']:>3} "
             f"{r['data'][:9]:>9} {r['lower_s'] + r['compile_s']:>9.1f} {r['first_run_s']:>8.2f} "
@@ -392,6 +404,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--steps_per_call", default="1", help="steps fused into one call; a comma list measures each"
     )
     add_step_flags(p)
+    p.add_argument(
+        "--pack", default="", help="seeds side by side in one program (num_seeds); a comma list measures each"
+    )
     p.add_argument("--no_loop", dest="loop", action="store_false", help="skip the trainer-like loop timing")
     p.add_argument("--compilation_cache", action="store_true", help="allow the persistent compilation cache")
     p.add_argument(
@@ -418,17 +433,19 @@ def main(argv: list[str] | None = None) -> dict:
             write_json(args.json, result)
         return result
     print(f"[{time.strftime('%H:%M:%S')}] jax {env['jax']} on {env['devices']}; load {env['load_average']}")
+    packs = [int(x) for x in str(args.pack).split(",") if x.strip()] or [0]
     rows = []
     with compilation_cache(args.compilation_cache):
-        for k in ks:
-            print(f"[{time.strftime('%H:%M:%S')}] {args.config} steps_per_call={k}", flush=True)
-            row = measure(args, k)
+        for k, seeds in [(k, n) for k in ks for n in packs]:
+            what = f" pack={seeds}" if seeds else ""
+            print(f"[{time.strftime('%H:%M:%S')}] {args.config} steps_per_call={k}{what}", flush=True)
+            row = measure(args, k, seeds=seeds)
             rows.append(row)
             # XLA counts a while loop's body once: take FLOPs per step from a loop-free row of this model.
-            loop_free = next((r["xla_flops_per_step"] for r in rows if r["xla_flops_per_step"]), None)
+            loop_free = {r["pack"]: r["xla_flops_per_step"] for r in rows[::-1] if r["xla_flops_per_step"]}
             for r in rows:
-                if r["xla_flops_per_step"] is None and loop_free and r["scan_blocks"] is False:
-                    r["xla_flops_per_step"] = loop_free
+                if r["xla_flops_per_step"] is None and r["pack"] in loop_free and r["scan_blocks"] is False:
+                    r["xla_flops_per_step"] = loop_free[r["pack"]]
                     r["xla_flops_per_step_from"] = "steps_per_call=1 row"
                     fill_mfu(r)
             print(

@@ -298,7 +298,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def nets_from_args(args: argparse.Namespace) -> list[Net]:
     """Every --workdir (restored) and --config (initialised) net, labelled."""
-    from resnet_jax import config, experiments, sweep
+    from resnet_jax import experiments, sweep
 
     specs: list[tuple[Any, str | None]] = []
     for workdir in [w for w in args.workdir.split(",") if w]:
@@ -309,7 +309,7 @@ def nets_from_args(args: argparse.Namespace) -> list[Net]:
         try:
             cfg = experiments.load_config(spec)
             for key, value in sweep.parse_overrides(args.override).items():
-                config.override(cfg, key, value)
+                cli.override(cfg, key, value)
         except Exception as e:  # noqa: BLE001 - a config file is the user's code: any error is bad input
             raise AnalysisError(f"cannot load config {spec}: {cli.loading_error(e)}") from None
         specs.append((cfg, None))

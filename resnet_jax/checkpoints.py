@@ -220,17 +220,20 @@ def quiet_closed_loops() -> None:
 
 
 def restore(
-    mngr: ocp.CheckpointManager, abstract: Any | Callable[[int], Any], set_aside_damaged: bool = True
+    mngr: ocp.CheckpointManager,
+    abstract: Any | Callable[[int], Any],
+    set_aside_damaged: bool = True,
+    upto: int | None = None,
 ) -> tuple[Any, dict] | None:
-    """(state, clock) of the latest readable checkpoint whose checksums match, falling back to older ones
-    (one warning each) when it is damaged; None when there is none. `abstract` is the state's abstract
-    tree, or a function of the step giving it.
+    """(state, clock) of the latest readable checkpoint whose checksums match (at most step `upto` when
+    given), falling back to older ones (one warning each) when it is damaged; None when there is none.
+    `abstract` is the state's abstract tree, or a function of the step giving it.
 
     A resuming run sets damaged ones aside (so their steps can be written again); readers such as
     `analyze` pass `set_aside_damaged=False` and leave the workdir untouched.
     """
     quiet_closed_loops()
-    steps = sorted(mngr.all_steps(), reverse=True)
+    steps = sorted((s for s in mngr.all_steps() if upto is None or s <= upto), reverse=True)
     for i, step in enumerate(steps):
         target = abstract(step) if callable(abstract) else abstract
         try:
@@ -253,6 +256,13 @@ def restore(
             set_aside(mngr, steps[:i])
         return restored["state"], clock
     return None
+
+
+def discard_after(mngr: ocp.CheckpointManager, step: int) -> None:
+    """Delete the checkpoints after `step`: a run resumed at an earlier step writes them again."""
+    for later in [s for s in mngr.all_steps() if s > step]:
+        mngr.delete(later)
+    mngr.reload()
 
 
 def set_aside(mngr: ocp.CheckpointManager, damaged: list[int]) -> None:

@@ -1,4 +1,4 @@
-"""Every rule on a configuration (schema.py declares its keys), the error types and the dotted-key setter.
+"""Every rule on a configuration (schema.py declares its keys) and the error types (cli.override sets keys).
 
 Rules by when they can be checked: `check` before anything is built, `check_run_length` once the run's length
 is known, `check_resume_config`/`check_resume` against the checkpoint's config and clock. No jax at import.
@@ -6,9 +6,7 @@ is known, `check_resume_config`/`check_resume` against the checkpoint's config a
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -114,42 +112,6 @@ def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
         nested = isinstance(v, dict | ml_collections.ConfigDict)
         out.update(flat(v, f"{prefix}{k}.") if nested else {prefix + k: v})
     return out
-
-
-def override(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    """Set the dotted `key` ("model.depth") of `cfg`; a string value is read as the key's declared type
-    ("56" -> 56, "true" -> True, "(30,60)" -> (30, 60)). An unknown key is a ConfigError naming it."""
-    parts = key.split(".")
-    node = cfg
-    for i, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            close = difflib.get_close_matches(part, keys, n=1)
-            hint = f" (did you mean {'.'.join([*parts[:i], close[0]])!r}?)" if close else ""
-            raise ConfigError(f"{key!r} is not a config key{hint}; the keys are in resnet_jax/schema.py")
-        if i < len(parts) - 1:
-            node = node[part]
-    leaf = parts[-1]
-    node[leaf] = parse_value(node[leaf], value, key) if isinstance(value, str) else value
-
-
-def parse_value(old: Any, text: str, key: str = "") -> Any:
-    """`text` read as the type of `old`, the value it replaces."""
-    try:
-        if isinstance(old, bool):
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if isinstance(old, int | float):
-            return type(old)(ast.literal_eval(text))
-        if isinstance(old, tuple | list):
-            value = ast.literal_eval(text)
-            return tuple(value) if isinstance(value, tuple | list) else (value,)
-    except (ValueError, SyntaxError, TypeError):
-        raise ConfigError(
-            f"config key {key!r} wants a {type(old).__name__} like {old!r}; got {text!r}"
-        ) from None
-    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +244,7 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
         )
     if cfg.num_train_steps <= 0 and cfg.num_epochs <= 0:
         raise ConfigError("set num_train_steps or num_epochs to a positive number")
+    check_pack(cfg)
     if cfg.steps_per_call > 1 and not is_device_held(d):
         raise ConfigError("steps_per_call > 1 needs device-held data (CIFAR, image folders or synthetic)")
     known = DATASET_CLASSES.get(d.name)
@@ -305,6 +268,20 @@ def check(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
             "to 'constant' or 'linear', or the length to 0"
         )
     parse_profile_steps(cfg.profile_steps)
+
+
+def check_pack(cfg: ml_collections.ConfigDict) -> None:
+    """num_seeds: seeds in one program (pack.py), resumed at a checkpoint step that all of them keep."""
+    k = cfg.num_seeds
+    if k > 1 and not is_device_held(cfg.data):
+        raise ConfigError(
+            f"num_seeds={k} packs the seeds into one program, which needs device-held data (CIFAR, image "
+            "folders or synthetic): train streamed data one seed per run (sweep without --pack)"
+        )
+    if k > 1 and cfg.seed + k - 1 > schema.SCHEMA["seed"].hi:
+        raise ConfigError(f"num_seeds={k} from seed {cfg.seed} passes the largest seed; start lower")
+    if k > 1 and cfg.keep_checkpoints < 2:
+        raise ConfigError(f"num_seeds={k} needs keep_checkpoints >= 2 to resume all seeds at one step")
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int] | None:

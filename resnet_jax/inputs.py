@@ -45,14 +45,17 @@ def eval_batch_size(cfg: ml_collections.ConfigDict, num_devices: int) -> int:
     return -(-b // num_devices) * num_devices
 
 
-def to_global(batch: dict, mesh: Mesh, device_held: bool, batch_axis: int = 0) -> dict:
-    """Host batch -> arrays sharded over `data` along `batch_axis`.
+def to_global(
+    batch: dict, mesh: Mesh, device_held: bool, batch_axis: int = 0, pack_axis: bool = False
+) -> dict:
+    """Host batch -> arrays sharded over `data` along `batch_axis` (`pack_axis`: a packed run's batch, its
+    leading axis the seeds, sharded over the mesh's `pack` axis; `batch_axis` counts from after it).
 
     Device-held inputs: every process computes the same global index batch and each device takes its
     own slice of it, wherever the mesh puts the process's devices (a TPU mesh may interleave hosts).
     Streamed inputs: each process already holds only its own examples.
     """
-    sharding = NamedSharding(mesh, P(*([None] * batch_axis), "data"))
+    sharding = NamedSharding(mesh, P(*(["pack"] if pack_axis else []), *([None] * batch_axis), "data"))
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
@@ -188,11 +191,7 @@ def device_held_inputs(cfg: ml_collections.ConfigDict, mesh: Mesh, dtype: Any) -
     }
     held = {key: jax.device_put(value, replicated) for key, value in held.items()}
     n, m = len(ds.train_labels), len(ds.eval_labels)
-    batch, eval_batch = cfg.batch_size, eval_batch_size(cfg, mesh.devices.size)
-
-    def host_train(start: int) -> Iterator[dict]:
-        for step in range(start, 2**62):
-            yield {"index": device_held.train_batch_indices(cfg.seed, step, batch, n)}
+    eval_batch = eval_batch_size(cfg, mesh.devices.size)
 
     def host_eval() -> Iterator[dict]:
         for lo in range(0, m, eval_batch):
@@ -200,10 +199,26 @@ def device_held_inputs(cfg: ml_collections.ConfigDict, mesh: Mesh, dtype: Any) -
             yield {"index": np.minimum(idx, m - 1).astype(np.int32), "mask": idx < m}
 
     return Inputs(
-        n, m, ds.num_classes, tuple(ds.train_images.shape[1:]), True, mesh, held, host_train, host_eval,
+        n, m, ds.num_classes, tuple(ds.train_images.shape[1:]), True, mesh, held,
+        functools.partial(held_train_order, cfg.seed, cfg.batch_size, n), host_eval,
         functools.partial(held_train_images, augment=ds.name != "synthetic", dtype=dtype),
         functools.partial(held_eval_images, dtype=dtype),
     )  # fmt: skip
+
+
+def held_train_order(seed: int, batch: int, n: int, start: int) -> Iterator[dict]:
+    """Host batches of example indices from step `start` on: a pure function of (seed, step)."""
+    for step in range(start, 2**62):
+        yield {"index": device_held.train_batch_indices(seed, step, batch, n)}
+
+
+def for_seed(feed: Inputs, cfg: ml_collections.ConfigDict, dtype: Any) -> Inputs:
+    """`feed` (device-held) as the run of `cfg.seed` sees it: its own example order; synthetic images are
+    drawn from the seed, so they are made anew, while a real dataset's held arrays are shared."""
+    if cfg.data.name == "synthetic":
+        return device_held_inputs(cfg, feed.mesh, dtype)
+    order = functools.partial(held_train_order, cfg.seed, cfg.batch_size, feed.num_train)
+    return dataclasses.replace(feed, host_train=order)
 
 
 # ---------------------------------------------------------------------------------------------

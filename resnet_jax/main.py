@@ -111,10 +111,12 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(USAGE_EXIT)
 
-    from resnet_jax import checkpoints, config, train
+    from resnet_jax import checkpoints, config, pack, train
 
     checkpoints.VERBOSE = FLAGS.verbose
     try:
+        if FLAGS.config.num_seeds > 1:  # the seeds side by side in one program, seed s in <workdir>-seed<s>
+            sys.exit(report_pack(pack.train_and_evaluate(FLAGS.config, FLAGS.workdir), FLAGS.config))
         summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except config.ConfigError as e:  # also ModelError and DataError
         if FLAGS.verbose:
@@ -141,6 +143,25 @@ def main(argv: list[str]) -> None:
         err = summary.get("final_eval_top1_error")
         where = eval_set_name(FLAGS.config.data)
         print(f"done: step {summary['step']}, {where} top-1 error {err:.2f}%" if err is not None else "done")
+
+
+def report_pack(summaries: list[dict], cfg) -> int:
+    """One line per seed of a packed run; exit status 1 when a seed stopped (its error on stderr)."""
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
+    where, failed = eval_set_name(cfg.data), 0
+    for k, s in enumerate(summaries):
+        seed = cfg.seed + k
+        if s.get("error"):
+            failed += 1
+            print(f"error: seed {seed}: {s['error']}", file=sys.stderr)
+        elif s.get("done"):
+            err = s.get("final_eval_top1_error")
+            top1 = f", {where} top-1 error {err:.2f}%" if err is not None else ""
+            print(f"done: seed {seed}: step {s['step']}{top1}")
+    return 1 if failed else 0
 
 
 def run(argv: list[str] | None = None) -> None:

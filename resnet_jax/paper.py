@@ -10,11 +10,15 @@ from typing import NamedTuple
 
 
 class Reference(NamedTuple):
-    """One published result: top-1 (and top-5) error in percent, and what the number means."""
+    """One published result: top-1 (and top-5) error in percent, and what the number means; for a result of
+    several runs, top-1 is the best and `mean`, `std`, `runs` the rest of the paper's "best (mean ± std)"."""
 
     top1: float | None
     top5: float | None = None
     note: str = ""
+    mean: float | None = None
+    std: float | None = None
+    runs: int = 1
 
 
 def arch_name(depth: int, shortcut: str) -> str:
@@ -31,7 +35,7 @@ REFERENCES: dict[tuple[str, str], Reference] = {
     (CIFAR10, "resnet32-A"): Reference(7.51),
     (CIFAR10, "resnet44-A"): Reference(7.17),
     (CIFAR10, "resnet56-A"): Reference(6.97),
-    (CIFAR10, "resnet110-A"): Reference(6.43, note="best of 5; mean 6.61 ± 0.16"),
+    (CIFAR10, "resnet110-A"): Reference(6.43, note="best of 5", mean=6.61, std=0.16, runs=5),
     (CIFAR10, "resnet1202-A"): Reference(7.93, note="training error < 0.1%: overfitting"),
     (CIFAR10, "plain110"): Reference(None, note="> 60 (Fig. 6, not plotted)"),
     # ImageNet, 10-crop validation error, Tables 2 and 3.

@@ -5,10 +5,12 @@
 The workdir and --out may be local or object-store URLs (gs://), read and written through etils.epath.
 Reads only files: each run directory's config.json, metrics.jsonl and summary.json (as the trainer
 writes them); runs still going are reported from their last logged metrics. Runs named
-<point>-seed<k> (as resnet_jax.sweep names them) are grouped into one row per point, mean ± std over
-seeds, with the paper's number beside ours (resnet_jax/paper.py). The plots follow the paper's
-Figures 1, 4 and 6: training error dashed, test error solid, against iterations, one panel per kind
-of net (plain, ResNet A/B/C) and one colour per depth; and the final test error against depth.
+<point>-seed<k> (as resnet_jax.sweep names them, packed or not) are grouped into one row per point, in
+the paper's form "best (mean ± std)" over the seeds' final test errors and their number n, with the
+paper's number beside ours (resnet_jax/paper.py). The plots follow the paper's Figures 1, 4 and 6:
+training error dashed, test error solid, against iterations (the mean over seeds, ± std shaded), one
+panel per kind of net (plain, ResNet A/B/C) and one colour per depth; and the final test error against
+depth (mean ± std as error bars, the best seed marked).
 """
 
 from __future__ import annotations
@@ -151,10 +153,15 @@ def summarise(point: str, runs: list[RunResult]) -> dict:
         "paper_top1": ref.top1 if ref else None,
         "paper_top5": ref.top5 if ref else None,
         "paper_note": ref.note if ref else "",
+        "paper_mean": ref.mean if ref else None,
+        "paper_std": ref.std if ref else None,
+        "paper_runs": ref.runs if ref else None,
     }
     for key in ("final_top1", "best_top1", "final_top5", "train_top1", "wall_time_s"):
         row[f"{key}_mean"], row[f"{key}_std"] = mean_std([n[key] for n in nums])
-    row["min_final_top1"] = min((n["final_top1"] for n in nums if n["final_top1"] is not None), default=None)
+    finals = [n["final_top1"] for n in nums if n["final_top1"] is not None]
+    row["n"] = len(finals)  # seeds with a final (or, still running, a last) test error
+    row["min_final_top1"] = min(finals, default=None)
     row["params"] = next((n["params"] for n in nums if n["params"] is not None), None)
     row["steps"] = max((n["step"] for n in nums if n["step"] is not None), default=None)
     hours = [n["device_hours"] for n in nums if n["device_hours"] is not None]
@@ -183,10 +190,18 @@ def fmt(mean: float | None, std: float | None = None, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
+def best_of(best: float | None, mean: float | None, std: float | None, n: int) -> str:
+    """The paper's form for n runs: "6.43 (6.61 ± 0.16)" (best, then mean ± std); one run: "6.43"."""
+    if n > 1 and mean is not None:
+        return f"{fmt(best)} ({fmt(mean, std)})"
+    return fmt(mean if best is None else best)
+
+
 def paper_cell(row: dict) -> str:
-    """The paper's top-1 (/ top-5) with its note."""
-    text = fmt(row["paper_top1"]) + (f" / {fmt(row['paper_top5'])}" if row["paper_top5"] is not None else "")
-    return f"{text} ({row['paper_note']})" if row["paper_note"] else text
+    """The paper's top-1 (best (mean ± std) for several runs) (/ top-5), with its note."""
+    top1 = best_of(row["paper_top1"], row["paper_mean"], row["paper_std"], row["paper_runs"] or 1)
+    text = top1 + (f" / {fmt(row['paper_top5'])}" if row["paper_top5"] is not None else "")
+    return f"{text}, {row['paper_note']}" if row["paper_note"] else text
 
 
 def markdown(rows: list[dict], source: epath.PathLike) -> str:
@@ -195,7 +210,8 @@ def markdown(rows: list[dict], source: epath.PathLike) -> str:
         "point",
         "net",
         "paper top-1 (/ top-5) %",
-        "final test top-1 %",
+        "final test top-1 %: best (mean ± std)",
+        "n",
         "best test top-1 %",
         "final test top-5 %",
         "final train top-1 %",
@@ -208,7 +224,8 @@ def markdown(rows: list[dict], source: epath.PathLike) -> str:
     lines = [
         f"# Results of {source}",
         "",
-        "Errors in percent; mean ± std over seeds (runs = finished / all). Test error: the trainer's "
+        "Errors in percent; final test top-1 in the paper's form, best (mean ± std) over the n seeds; "
+        "the other columns mean ± std over seeds (runs = finished / all). Test error: the trainer's "
         "evaluation set (CIFAR test set, ImageNet validation set with the config's crops: the paper's "
         "numbers are 10-crop, so only 10-crop rows get one; rows marked val: the images held out of the "
         "training split by data.val_split, with no paper number beside). "
@@ -224,7 +241,8 @@ def markdown(rows: list[dict], source: epath.PathLike) -> str:
             f"{r['dataset']} {r['arch']}"
             + (f", {r['eval_set']}" if r["eval_set"].startswith("val ") else ""),
             paper_cell(r),
-            fmt(r["final_top1_mean"], r["final_top1_std"]),
+            best_of(r["min_final_top1"], r["final_top1_mean"], r["final_top1_std"], r["n"]),
+            str(r["n"]),
             fmt(r["best_top1_mean"], r["best_top1_std"]),
             fmt(r["final_top5_mean"], r["final_top5_std"]),
             fmt(r["train_top1_mean"], r["train_top1_std"]),
@@ -237,11 +255,13 @@ def markdown(rows: list[dict], source: epath.PathLike) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Training (dashed) and test (solid) error against iterations, first seed of each point:",
+        "Training (dashed) and test (solid) error against iterations, mean over each point's seeds "
+        "(± std shaded):",
         "",
         "![curves](curves.png)",
         "",
-        "Final test error against depth (x: the paper's number):",
+        "Final test error against depth, mean ± std over seeds (v: the best seed; x: the paper's number, "
+        "its mean ± std in grey where it has several runs):",
         "",
         "![depth](depth.png)",
         "",
@@ -276,29 +296,38 @@ def save_figure(fig: Any, path: epath.Path, dpi: int = 100) -> None:
     pyplot().close(fig)
 
 
+def seed_curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float], list[float]]:
+    """(steps, mean, std) of `key` over the seeds at the steps where every seed that logged it has it."""
+    by_seed = [{r["step"]: r[key] for r in run.metrics if r.get(key) is not None} for run in runs]
+    by_seed = [d for d in by_seed if d]
+    steps = sorted(set.intersection(*(set(d) for d in by_seed))) if by_seed else []
+    stats = [mean_std([d[s] for d in by_seed]) for s in steps]
+    return steps, [m for m, _ in stats], [sd or 0.0 for _, sd in stats]
+
+
 def plot_curves(points: dict[str, list[RunResult]], path: epath.Path) -> None:
-    """Figure 6 style: per kind of net, train error dashed and test error solid against iterations."""
+    """Figure 6 style: per kind of net, train error dashed and test error solid against iterations; a
+    point of several seeds draws their mean, its test error ± std shaded."""
     plt = pyplot()
-    panels: dict[str, list[RunResult]] = {}
+    panels: dict[str, list[list[RunResult]]] = {}
     for runs in points.values():
         dataset, kind, _, _ = net_of(runs[0])
-        panels.setdefault(f"{dataset}: {kind}", []).append(runs[0])
+        panels.setdefault(f"{dataset}: {kind}", []).append(runs)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (title, runs) in zip(axes[0], panels.items(), strict=True):
-        for i, run in enumerate(runs):
+    for ax, (title, groups) in zip(axes[0], panels.items(), strict=True):
+        for i, runs in enumerate(groups):
             color = f"C{i % 10}"
-            train = [r for r in run.metrics if r.get("train/top1_error") is not None]
-            ax.plot(
-                [r["step"] for r in train], [r["train/top1_error"] for r in train], "--", color=color, lw=1
-            )
-            ax.plot(
-                [r["step"] for r in evals(run)],
-                [r["eval/top1_error"] for r in evals(run)],
-                "-",
-                color=color,
-                lw=1.5,
-                label=run.point,
-            )
+            steps, mean, _ = seed_curve(runs, "train/top1_error")
+            ax.plot(steps, mean, "--", color=color, lw=1)
+            steps, mean, std = seed_curve(runs, "eval/top1_error")
+            label = runs[0].point + (f" (n={len(runs)})" if len(runs) > 1 else "")
+            ax.plot(steps, mean, "-", color=color, lw=1.5, label=label)
+            if len(runs) > 1:
+                low, high = (
+                    [m - s for m, s in zip(mean, std, strict=True)],
+                    [m + s for m, s in zip(mean, std, strict=True)],
+                )
+                ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
         ax.set(title=title, xlabel="iterations", ylabel="error (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -307,7 +336,8 @@ def plot_curves(points: dict[str, list[RunResult]], path: epath.Path) -> None:
 
 
 def plot_depth(rows: list[dict], path: epath.Path) -> None:
-    """Final test error (mean ± std over seeds) against depth, one line per kind; x marks the paper."""
+    """Final test error (mean ± std over seeds) against depth, one line per kind; v marks the best seed,
+    x the paper (with its mean ± std where it has several runs)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     kinds = sorted({(r["dataset"], r["kind"]) for r in rows})
@@ -325,8 +355,15 @@ def plot_depth(rows: list[dict], path: epath.Path) -> None:
             capsize=3,
             label=f"{dataset} {kind}",
         )
+        several = [r for r in ours if r["n"] > 1]
+        ax.plot(
+            [r["depth"] for r in several], [r["min_final_top1"] for r in several], "v", color=f"C{i}", ms=5
+        )
         ref = [r for r in sel if r["paper_top1"] is not None]
         ax.plot([r["depth"] for r in ref], [r["paper_top1"] for r in ref], "x", color=f"C{i}", ms=8)
+        for r in (r for r in ref if r["paper_mean"] is not None):
+            ax.errorbar([r["depth"]], [r["paper_mean"]], yerr=[r["paper_std"]], fmt="s", color="grey",
+                        ms=3, capsize=3)  # fmt: skip
     depths = [r["depth"] for r in rows if r["depth"]]
     if depths and max(depths) / max(min(depths), 1) > 10:
         ax.set_xscale("log")

@@ -41,6 +41,9 @@ SWITCH = "a switch: True or False"
 UNIT = dict(lo=0.0, hi=1.0, hi_open=True)  # [0, 1)
 SCHEMA: dict[str, Any] = {
     "seed": Key(0, "initialisation, data order and augmentation derive from it", lo=0, hi=2**31 - 2),
+    "num_seeds": Key(
+        1, "seeds seed, seed+1, ... side by side in one program, seed s in <workdir>-seed<s>", lo=1
+    ),
     "batch_size": Key(128, "global, over all devices and processes", lo=1),
     "num_train_steps": Key(64_000, "the run's length when > 0, else num_epochs", lo=-1),
     "num_epochs": Key(-1.0, "of the training split; used when num_train_steps <= 0", lo=-1.0),

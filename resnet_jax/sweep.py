@@ -8,7 +8,9 @@
 A sweep file defines `get_sweep(arg=None) -> list[dict]`; each point has "name", "config"
 ("configs/x.py[:arg]", relative to the repository root), "overrides" ({"model.shortcut": "B"}) and
 optionally "seeds" (runs per point, default 1; --seeds=N sets every point's). A run goes to
-<workdir>/<name>-seed<k> with --config.seed=<k>. Modes:
+<workdir>/<name>-seed<k> with --config.seed=<k>. --pack trains a point's seeds side by side as one
+program (one trainer with --config.num_seeds=N, writing the same <name>-seed<k> workdirs; device-held
+data only: CIFAR, image folders, synthetic). Modes:
 
   local   run the points one after another here (--per_gpu: one per visible GPU at a time)
   print   print the training commands
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import pathlib
 import queue
@@ -47,12 +50,14 @@ MODES = ("local", "print", "slurm", "tpu")
 
 
 class Job(NamedTuple):
-    """One training run of the sweep: a point at one seed."""
+    """One training process of the sweep: a point at one seed, or at `num_seeds` seeds from `seed` packed
+    into one program (sweep --pack)."""
 
     name: str
     config: str
     overrides: dict
     seed: int
+    num_seeds: int = 1
 
 
 def load_sweep(spec: str) -> list[dict]:
@@ -80,17 +85,22 @@ def load_sweep(spec: str) -> list[dict]:
     return points
 
 
-def expand(points: list[dict], seeds: int | None = None, only: Sequence[str] = ()) -> list[Job]:
-    """One Job per point and seed; `seeds` overrides the points' own, `only` keeps the points named."""
+def expand(
+    points: list[dict], seeds: int | None = None, only: Sequence[str] = (), pack: bool = False
+) -> list[Job]:
+    """One Job per point and seed (`pack`: one per point, its seeds in one program); `seeds` overrides the
+    points' own, `only` keeps the points named."""
     unknown = set(only) - {p["name"] for p in points}
     if unknown:
         raise ValueError(f"--only names no point: {sorted(unknown)}")
-    return [
-        Job(p["name"], p["config"], dict(p.get("overrides", {})), seed)
-        for p in points
-        if not only or p["name"] in only
-        for seed in range(seeds or p.get("seeds", 1))
-    ]
+    jobs = []
+    for p in points:
+        if only and p["name"] not in only:
+            continue
+        n = seeds or p.get("seeds", 1)
+        args = (p["name"], p["config"], dict(p.get("overrides", {})))
+        jobs += [Job(*args, 0, n)] if pack and n > 1 else [Job(*args, seed) for seed in range(n)]
+    return jobs
 
 
 def check_runs(runs: Sequence[Job], extra: dict[str, str]) -> None:
@@ -106,9 +116,10 @@ def check_runs(runs: Sequence[Job], extra: dict[str, str]) -> None:
                 f"sweep point {run.name}: cannot load {run.config}: {cli.loading_error(e)}"
             ) from None
         try:
-            for key, value in {"seed": run.seed, **run.overrides, **extra}.items():
-                config.override(cfg, key, value if isinstance(value, str) else format_value(value))
-            config.check(cfg, 1)
+            overrides = {"seed": run.seed, **run.overrides, **extra, "num_seeds": run.num_seeds}
+            for key, value in overrides.items():
+                cli.override(cfg, key, value if isinstance(value, str) else format_value(value))
+            config.check(cfg, 1)  # check_pack too
             if cfg.num_train_steps > 0:  # the run's length is known without the dataset
                 config.check_run_length(cfg, int(cfg.num_train_steps))
         except config.ConfigError as e:
@@ -130,8 +141,15 @@ def check_sweep_workdir(workdir: str) -> None:
 
 
 def run_name(run: Job) -> str:
-    """The run's directory name inside the sweep workdir."""
+    """The run's directory name inside the sweep workdir (a pack's: its seeds', "<name>-seeds0-4")."""
+    if run.num_seeds > 1:
+        return f"{run.name}-seeds{run.seed}-{run.seed + run.num_seeds - 1}"
     return f"{run.name}-seed{run.seed}"
+
+
+def seed_names(run: Job) -> list[str]:
+    """The workdir names of the job's seeds: <name>-seed<k> (the names of a pack's seeds, too)."""
+    return [f"{run.name}-seed{k}" for k in range(run.seed, run.seed + run.num_seeds)]
 
 
 def format_value(value: object) -> str:
@@ -143,17 +161,28 @@ def format_value(value: object) -> str:
 
 def train_flags(run: Job, workdir: str, extra: dict[str, str]) -> list[str]:
     """The trainer's flags for this run: config, workdir, seed, the point's then the sweep's overrides."""
-    overrides = {"seed": run.seed, **run.overrides, **extra}
+    overrides = {"seed": run.seed, **({"num_seeds": run.num_seeds} if run.num_seeds > 1 else {}),
+                 **run.overrides, **extra}  # fmt: skip
     return [f"--config={run.config}", f"--workdir={workdir}"] + [
         f"--config.{k}={format_value(v)}" for k, v in overrides.items()
     ]
 
 
 def run_dir(workdir: str, run: Job) -> str:
-    """<workdir>/<run name>; local paths are made absolute, URLs (gs://) kept as they are."""
+    """The trainer's --workdir: <workdir>/<run name>, a pack's <workdir>/<point> (its seeds train in
+    <point>-seed<k>); local paths are made absolute, URLs (gs://) kept as they are."""
+    return sweep_path(workdir, run.name if run.num_seeds > 1 else run_name(run))
+
+
+def seed_dirs(workdir: str, run: Job) -> list[str]:
+    """The workdirs of the job's seeds (one for an unpacked run)."""
+    return [sweep_path(workdir, name) for name in seed_names(run)]
+
+
+def sweep_path(workdir: str, name: str) -> str:
     if "://" in workdir:
-        return f"{workdir.rstrip('/')}/{run_name(run)}"
-    return str(pathlib.Path(workdir).resolve() / run_name(run))
+        return f"{workdir.rstrip('/')}/{name}"
+    return str(pathlib.Path(workdir).resolve() / name)
 
 
 def is_done(run_workdir: str) -> bool:
@@ -191,27 +220,36 @@ def visible_gpus() -> list[str]:
     return out.split()
 
 
-def run_one(cmd: list[str], run_workdir: str, env: dict[str, str]) -> int:
-    """Run one training command, appending its output to <run workdir>/train.log.
+def run_one(cmd: list[str], run_workdirs: str | Sequence[str], env: dict[str, str]) -> int:
+    """Run one training command, appending its output to <run workdir>/train.log (a pack's: to every
+    seed's).
 
     In an object store (gs://), which cannot append, the log is written locally and appended to the
     stored one when the run ends.
     """
-    remote = "://" in run_workdir
-    print(f"[sweep] start {run_workdir}  (log: train.log)", flush=True)
+    dirs = [run_workdirs] if isinstance(run_workdirs, str) else list(run_workdirs)
+    print(f"[sweep] start {', '.join(dirs)}  (log: train.log)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        local = pathlib.Path(tmp if remote else run_workdir) / "train.log"
-        local.parent.mkdir(parents=True, exist_ok=True)
-        with open(local, "a") as log:
-            rc = subprocess.run(
-                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, check=False
-            ).returncode
-        if remote:
-            stored = epath.Path(run_workdir) / "train.log"
-            stored.parent.mkdir(parents=True, exist_ok=True)
-            before = stored.read_text() if stored.exists() else ""
-            files.write_whole(stored, before + local.read_text())
-    print(f"[sweep] {'done' if rc == 0 else f'FAILED (exit {rc})'} {run_workdir}", flush=True)
+        local = [pathlib.Path(tmp, str(i) if "://" in d else d, "train.log") for i, d in enumerate(dirs)]
+        with contextlib.ExitStack() as stack:
+            for path in local:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            logs = [stack.enter_context(open(path, "a")) for path in local]
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **env}
+            )
+            for line in proc.stdout:
+                for log in logs:
+                    log.write(line.decode(errors="replace"))
+                    log.flush()
+            rc = proc.wait()
+        for d, path in zip(dirs, local, strict=True):
+            if "://" in d:
+                stored = epath.Path(d) / "train.log"
+                stored.parent.mkdir(parents=True, exist_ok=True)
+                before = stored.read_text() if stored.exists() else ""
+                files.write_whole(stored, before + path.read_text())
+    print(f"[sweep] {'done' if rc == 0 else f'FAILED (exit {rc})'} {', '.join(dirs)}", flush=True)
     return rc
 
 
@@ -225,21 +263,21 @@ def run_local(
     """Run the unfinished runs here, one at a time or one per GPU in `gpus`; return the failed runs' names."""
     todo = []
     for run in runs:
-        path = run_dir(workdir, run)
-        if is_done(path):
-            print(f"[sweep] skip (done) {path}", flush=True)
+        path, seeds = run_dir(workdir, run), seed_dirs(workdir, run)
+        if all(is_done(d) for d in seeds):
+            print(f"[sweep] skip (done) {', '.join(seeds)}", flush=True)
         else:
-            todo.append((run, path, [*trainer, *train_flags(run, path, extra)]))
+            todo.append((run, seeds, [*trainer, *train_flags(run, path, extra)]))
     if len(gpus) <= 1:
-        return [run_name(r) for r, path, cmd in todo if run_one(cmd, path, {})]
+        return [run_name(r) for r, seeds, cmd in todo if run_one(cmd, seeds, {})]
     free: queue.Queue[str] = queue.Queue()
     for gpu in gpus:
         free.put(gpu)
 
-    def on_free_gpu(path: str, cmd: list[str]) -> int:
+    def on_free_gpu(seeds: list[str], cmd: list[str]) -> int:
         gpu = free.get()
         try:
-            return run_one(cmd, path, {"CUDA_VISIBLE_DEVICES": gpu})
+            return run_one(cmd, seeds, {"CUDA_VISIBLE_DEVICES": gpu})
         finally:
             free.put(gpu)
 
@@ -255,15 +293,14 @@ def tpu_name(run: Job) -> str:
 
 def launch_command(mode: str, run: Job, workdir: str, extra: dict[str, str]) -> list[str]:
     """The command of one run in print, slurm or tpu mode."""
-    path = run_dir(workdir, run)
-    flags = train_flags(run, path, extra)
+    flags = train_flags(run, run_dir(workdir, run), extra)
     if mode == "print":
         return ["python", "-m", "resnet_jax.main", *flags]
     if mode == "slurm":
         return [
             "sbatch",
             f"--job-name={run_name(run)}",
-            f"--output={path}/slurm-%j.log",
+            f"--output={seed_dirs(workdir, run)[0]}/slurm-%j.log",
             "launch/slurm_gpu.sbatch",
             *flags[:2],
             "--",
@@ -294,6 +331,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--only", default="", help="comma-separated point names to keep")
     p.add_argument("--override", action="append", default=[], help="key=value for every run (repeatable)")
+    p.add_argument("--pack", action="store_true", help="each point's seeds side by side in one program")
     p.add_argument("--per_gpu", action="store_true", help="local mode: one run per visible GPU at a time")
     p.add_argument("--submit", action="store_true", help="slurm/tpu modes: run the commands, not print them")
     return p.parse_args(argv)
@@ -312,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def sweep(args: argparse.Namespace) -> int:
     only = [n for n in args.only.split(",") if n]
-    runs = expand(load_sweep(args.sweep), args.seeds, only)
+    runs = expand(load_sweep(args.sweep), args.seeds, only, args.pack)
     extra = parse_overrides(args.override)
     check_sweep_workdir(args.workdir)
     check_runs(runs, extra)
@@ -322,17 +360,17 @@ def sweep(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     failed = []
     for run in runs:
-        path = run_dir(args.workdir, run)
+        seeds = seed_dirs(args.workdir, run)
         cmd = launch_command(args.mode, run, args.workdir, extra)
-        if is_done(path):
-            print(f"# done: {path}")
+        if all(is_done(d) for d in seeds):
+            print(f"# done: {', '.join(seeds)}")
         elif args.mode == "slurm" and not args.submit:  # Slurm does not create the --output directory
-            print(f"mkdir -p {shlex.quote(path)} && {shlex.join(cmd)}")
+            print(f"mkdir -p {shlex.quote(seeds[0])} && {shlex.join(cmd)}")
         elif not args.submit or args.mode == "print":
             print(shlex.join(cmd))
         else:
             if args.mode == "slurm":
-                pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+                pathlib.Path(seeds[0]).mkdir(parents=True, exist_ok=True)
             if subprocess.run(cmd, cwd=ROOT, check=False).returncode:
                 failed.append(run_name(run))
     return 1 if failed else 0

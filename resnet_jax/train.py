@@ -45,20 +45,22 @@ class TrainState:
     rng: jax.Array  # raw threefry key data (uint32[2]); augmentation keys are fold_in(rng, step)
 
 
+def fresh_state(seed: jax.Array, *, model, tx, image_shape: tuple[int, ...]) -> TrainState:
+    """The state at step 0: a pure function of `seed` (call under jit; a traced seed gives the same bits)."""
+    variables = models.init_variables(model, seed, image_shape)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+        rng=inputs.augment_key(seed),
+    )
+
+
 def init_state(model, tx, seed: int, image_shape: tuple[int, ...], mesh: Mesh) -> TrainState:
     """Create the state directly replicated on the mesh (one jit, no host copy)."""
-
-    def init() -> TrainState:
-        variables = models.init_variables(model, seed, image_shape)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            opt_state=tx.init(variables["params"]),
-            rng=inputs.augment_key(seed),
-        )
-
-    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+    init = functools.partial(fresh_state, model=model, tx=tx, image_shape=image_shape)
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(jnp.int32(seed))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,12 +232,13 @@ class Run:
         return evaluate(state, self.inputs.eval_batches(), self.evaluate_step)
 
 
-def setup(cfg: ml_collections.ConfigDict) -> Run:
-    """Check `cfg` (one-sentence errors, before anything compiles) and build the run."""
+def setup(cfg: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Run:
+    """Check `cfg` (one-sentence errors, before anything compiles) and build the run; `mesh`: another mesh
+    over every device with a `data` axis (a packed run's ("pack", "data")), else `inputs.create_mesh()`."""
     num_devices = jax.device_count()
     config.check(cfg, num_devices)
     data.validate(cfg.data)
-    mesh = inputs.create_mesh()
+    mesh = mesh or inputs.create_mesh()
     dtype = jnp.dtype(config.compute_dtype(cfg.model.dtype))
     feed = inputs.create(cfg, mesh, dtype)
     steps_per_epoch, total_steps = config.run_length(cfg, feed.num_train)
@@ -262,6 +265,8 @@ EARLY_LINE_S = 5.0  # the first console line comes this long after the first ste
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train `cfg` in `workdir`, resuming from its latest checkpoint; returns the summary dict. One run at a
     time per workdir: another start while this one runs is refused, naming it (checkpoints.hold)."""
+    if cfg.num_seeds > 1:  # the seeds of one program, each in its own workdir: pack.py's
+        raise config.ConfigError("num_seeds > 1 trains in pack.train_and_evaluate (as resnet_jax.main does)")
     checkpoints.check_workdir(workdir)
     with checkpoints.hold(workdir):
         return _train_and_evaluate(cfg, workdir)

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from resnet_jax import config, schema
+from resnet_jax import cli, schema
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -47,7 +47,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
     c = module.get_config()
     for key, value in overrides.items():
-        config.override(c, key, value)
+        cli.override(c, key, value)
     return c
 
 

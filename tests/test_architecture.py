@@ -14,7 +14,7 @@ FLOORS = {
     "lock": 1,
     "models": 2, "data": 2, "metrics": 2, "checkpoints": 2,
     "inputs": 3, "probes": 3,
-    "train": 4, "experiments": 4,
+    "train": 4, "experiments": 4, "pack": 4,
     "main": 5, "sweep": 5, "report": 5, "analyze": 5, "summary": 5,
 }  # fmt: skip
 MAX_LINES = {"train": 550}  # every other module: 450

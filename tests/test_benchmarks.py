@@ -47,6 +47,18 @@ def test_train_step_benchmark_writes_its_fields(tmp_path):
     assert row["device_count"] == 8 and row["mfu_xla"] is None  # CPU: no peak, no MFU
 
 
+def test_train_step_pack_measures_the_aggregate_images_of_the_packed_step(tmp_path):
+    bench = load_benchmark("train_step")
+    argv = ["--config=tests/configs/tiny.py", "--steps=2", "--warmup=1", "--repeats=1", "--batch_size=16",
+            "--set=data.image_size=16", "--set=data.mean=channel", "--compilation_cache", "--no_loop",
+            "--pack=2"]  # fmt: skip
+    (row,) = bench.main(argv)["rows"]
+    assert row["pack"] == 2 and row["timed_steps"] == 2
+    assert math.isclose(row["images_per_s"], 2 * 16 / (row["step_ms"] / 1e3))  # both seeds' batches
+    assert row["analytic_flops_per_step"] == 6 * row["analytic_macs_per_image"] * 2 * 16
+    assert 0.5 < row["xla_over_analytic"] < 1.5 and math.isfinite(row["final_loss"])
+
+
 def test_train_step_compiles_nothing_inside_its_timed_loops(monkeypatch, caplog):
     """Warm-up covers both timed loops: the "loop" repeats must not compile `accumulate`'s eager ops."""
     bench = load_benchmark("train_step")

@@ -15,7 +15,7 @@ import pytest
 from helpers import ROOT, assert_trees_equal, data_cfg, read_metrics, restore_state
 from test_data_dali import jpeg, ks_limit, ks_statistic, ramp
 
-from resnet_jax import config, data, experiments, inputs, train
+from resnet_jax import cli, config, data, experiments, inputs, train
 from resnet_jax.data import jpeg_folder, sources, streamed, streamed_folder
 
 SIZES = [(60, 80), (80, 60), (72, 72), (64, 90)]  # (H, W): landscape, portrait, square
@@ -337,7 +337,7 @@ def folder_run(folder, steps: int, pipeline: str):
         "data.path": str(folder),
         "data.pipeline": pipeline,
     }.items():
-        config.override(cfg, key, value)
+        cli.override(cfg, key, value)
     return cfg
 
 

@@ -19,7 +19,7 @@ from helpers import tiny_config
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpoints, config, lock, schema, workdir
+from resnet_jax import checkpoints, cli, config, lock, schema, workdir
 
 # ---------------------------------------------------------------------------------------------
 # The lock.
@@ -170,7 +170,7 @@ def test_every_key_but_the_documented_ones_is_refused_on_resume():
         node = cfg
         for part in key.split("."):
             node = node[part]
-        config.override(cfg, key, other_value(node))
+        cli.override(cfg, key, other_value(node))
         if key in config.MAY_CHANGE:
             config.check_resume_config(cfg, old, "w")
         else:

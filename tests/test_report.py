@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
+import statistics
+
+import pytest
 
 from resnet_jax import experiments, report
 
@@ -70,10 +73,11 @@ def test_report_from_fabricated_sweep(tmp_path):
     rows = report.report(sweep)
     assert [r["point"] for r in rows] == ["plain20", "plain56", "resnet20", "resnet56", "resnet110"]
     md = (sweep / "results.md").read_text()
-    assert "| resnet20 | cifar10 resnet20-A | 8.75 | 10.00 ± 1.41 | 9.90 ± 1.41 |" in md
+    # the paper's form for the two seeds: best (mean ± std), then n
+    assert "| resnet20 | cifar10 resnet20-A | 8.75 | 9.00 (10.00 ± 1.41) | 2 | 9.90 ± 1.41 |" in md
     assert "| 269,722 | 2000 | 0.06 | 1.00 | 2/2 |" in md
     resnet110 = next(line for line in md.splitlines() if line.startswith("| resnet110 "))
-    assert "6.43 (best of 5; mean 6.61 ± 0.16)" in resnet110 and resnet110.endswith(
+    assert "| 6.43 (6.61 ± 0.16), best of 5 | 6.50 | 1 |" in resnet110 and resnet110.endswith(
         "| 1000 | 0.03 | – | 0/1 |"
     )
     assert "| plain56 | cifar10 plain56 | – |" in md and "![curves](curves.png)" in md
@@ -157,3 +161,24 @@ def test_report_of_one_runs_workdir_and_of_nothing(tmp_path, capsys):
         assert report.main([str(missing)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: no run directories") and err.count("\n") == 1
+
+
+def test_a_point_of_five_seeds_reads_as_the_paper_best_mean_std_and_n(tmp_path):
+    """Five ResNet-110 seeds (as `sweep --pack` writes them: <point>-seed<k>), one still running."""
+    sweep = tmp_path / "cifar_depth"
+    finals = [6.9, 6.5, 7.3, 6.7, 7.1]
+    for k, final in enumerate(finals):
+        fabricate_run(sweep / f"resnet110-seed{k}", "configs/cifar10.py:resnet110", final, done=k < 4)
+    (row,) = report.report(sweep)
+    assert (row["n"], row["runs"], row["done"], row["min_final_top1"]) == (5, 5, 4, 6.5)
+    assert row["final_top1_mean"] == pytest.approx(statistics.fmean(finals))
+    assert row["final_top1_std"] == pytest.approx(statistics.stdev(finals))  # sample std, as the paper's
+    md = (sweep / "results.md").read_text()
+    assert (
+        "| resnet110 | cifar10 resnet110-A | 6.43 (6.61 ± 0.16), best of 5 | 6.50 (6.90 ± 0.32) | 5 |" in md
+    )
+    assert md.count("| 4/5 |") == 1
+    # the mean test curve over the seeds, at the evaluations all of them reached
+    steps, mean, std = report.seed_curve(report.read_runs(sweep), "eval/top1_error")
+    assert steps == [500, 1000, 1500, 2000] and mean[-1] == pytest.approx(row["final_top1_mean"])
+    assert std[-1] == pytest.approx(row["final_top1_std"])

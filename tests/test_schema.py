@@ -8,7 +8,7 @@ import math
 import ml_collections
 import pytest
 
-from resnet_jax import config, schema
+from resnet_jax import cli, config, schema
 
 KEYS = schema.keys()
 
@@ -93,7 +93,7 @@ def test_an_undeclared_key_is_refused():
 def test_rules_across_keys(overrides, message):
     cfg = schema.base_config()
     for key, value in overrides.items():
-        config.override(cfg, key, value)
+        cli.override(cfg, key, value)
     with pytest.raises(config.ConfigError, match=message.replace("(", r"\(")):
         config.check(cfg, 8)
 

@@ -263,3 +263,54 @@ def test_bad_sweep_input_is_one_sentence_and_exit_2_before_any_run(tmp_path, cap
         "error: cannot read gs://b/s/plain20-seed0 (Could not resolve host: www.googleapis.com); "
         "check the path, network and credentials"
     )
+
+
+PACK_TRAINER = """
+import json, pathlib, sys
+flags = dict(a.split("=", 1) for a in sys.argv[1:])
+prefix, n = flags["--workdir"], int(flags.get("--config.num_seeds", 1))
+for k in range(n):
+    d = pathlib.Path(f"{prefix}-seed{k}" if n > 1 else prefix)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "summary.json").write_text(json.dumps({"done": True, "argv": sys.argv[1:]}))
+print("trained", n, "seeds")
+"""
+
+
+def test_pack_mode_runs_each_points_seeds_as_one_trainer_in_the_same_workdirs(tmp_path, capsys):
+    points = sweep.load_sweep("configs/sweeps/cifar_depth.py")
+    runs = sweep.expand(points, only=["resnet20", "resnet110"], pack=True)
+    # A point of one seed stays an ordinary run; resnet110's 5 seeds are one job.
+    assert [(r.name, r.seed, r.num_seeds) for r in runs] == [("resnet20", 0, 1), ("resnet110", 0, 5)]
+    assert sweep.seed_names(runs[1]) == [f"resnet110-seed{k}" for k in range(5)]
+    assert sweep.train_flags(runs[1], "/w/resnet110", {})[:4] == [
+        "--config=configs/cifar10.py:resnet110", "--workdir=/w/resnet110", "--config.seed=0",
+        "--config.num_seeds=5",
+    ]  # fmt: skip
+    trainer = tmp_path / "fake_trainer.py"
+    trainer.write_text(PACK_TRAINER)
+    work = tmp_path / "sweep"
+    assert sweep.run_local(runs, str(work), {}, trainer=(sys.executable, str(trainer))) == []
+    for k in range(5):  # every seed's workdir, and the pack's output in each seed's train.log
+        assert (work / f"resnet110-seed{k}" / "train.log").read_text() == "trained 5 seeds\n"
+    assert "trained 1 seeds" in (work / "resnet20-seed0" / "train.log").read_text()
+    capsys.readouterr()
+    assert sweep.run_local(runs, str(work), {}, trainer=(sys.executable, str(trainer))) == []
+    assert capsys.readouterr().out.count("skip (done)") == 2
+
+
+def test_pack_mode_prints_one_command_per_point_and_refuses_streamed_data(tmp_path, capsys):
+    base = ["configs/sweeps/cifar_depth.py:smoke", f"--workdir={tmp_path}", "--mode=print", "--pack"]
+    assert sweep.main([*base, "--only=resnet56", "--seeds=3"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line == (
+        "python -m resnet_jax.main --config=configs/cifar10.py:resnet56,smoke "
+        f"--workdir={tmp_path}/resnet56 --config.seed=0 --config.num_seeds=3"
+    )
+    assert (
+        sweep.main(["configs/sweeps/imagenet_shortcuts.py", f"--workdir={tmp_path}", "--pack", "--seeds=2"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: sweep point plain34: num_seeds=2 packs the seeds into one program")
+    assert len(err.splitlines()) == 1
