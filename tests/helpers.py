@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 
 import ml_collections
 import numpy as np
@@ -54,6 +55,20 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 def data_cfg(section: dict | None = None, **overrides):
     """A whole `data` config section (the schema's defaults) with the keys of `section` and `overrides`."""
     return schema.data_config(**{**(section or {}), **overrides})
+
+
+def trainer_command(workdir, overrides: dict, *extra: str) -> list[str]:
+    """`python -m resnet_jax.main` on tests/configs/tiny.py in `workdir` with `--config.<key>=<value>`s."""
+    flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+    return [
+        sys.executable,
+        "-m",
+        "resnet_jax.main",
+        "--config=tests/configs/tiny.py",
+        f"--workdir={workdir}",
+        *flags,
+        *extra,
+    ]
 
 
 def read_metrics(workdir) -> list[dict]:

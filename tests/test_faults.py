@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, checkpoint_steps, tiny_config
+from helpers import ROOT, checkpoint_steps, tiny_config, trainer_command
 from test_reliability import assert_same_run, deterministic_metrics
 
 from resnet_jax import train
@@ -34,17 +34,7 @@ NOISE = re.compile(r"Traceback|^[EWF]\d{4} |^WARNING:|^ERROR:", re.M)  # traceba
 
 
 def command(workdir, *extra) -> list[str]:
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return [
-        sys.executable,
-        "-m",
-        "resnet_jax.main",
-        "--config=tests/configs/tiny.py",
-        f"--workdir={workdir}",
-    ] + [
-        *flags,
-        *extra,
-    ]
+    return trainer_command(workdir, OVERRIDES, *extra)
 
 
 def start(workdir, *extra, shell: str = "", env=None) -> subprocess.Popen:

@@ -6,13 +6,20 @@ import pathlib
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import ROOT, assert_trees_equal, checkpoint_steps, read_metrics, restore_state, tiny_config
+from helpers import (
+    ROOT,
+    assert_trees_equal,
+    checkpoint_steps,
+    read_metrics,
+    restore_state,
+    tiny_config,
+    trainer_command,
+)
 
 from resnet_jax import config, pack, train
 from resnet_jax import workdir as files
@@ -32,15 +39,7 @@ def seed_dirs(workdir) -> list:
 
 
 def cli(workdir) -> list[str]:
-    flags = [f"--config.{k}={v}" for k, v in {**RUN, **SMALL}.items()]
-    return [
-        sys.executable,
-        "-m",
-        "resnet_jax.main",
-        "--config=tests/configs/tiny.py",
-        f"--workdir={workdir}",
-        *flags,
-    ]
+    return trainer_command(workdir, {**RUN, **SMALL})
 
 
 def deterministic_metrics(workdir) -> list[dict]:

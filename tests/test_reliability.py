@@ -8,7 +8,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -21,6 +20,7 @@ from helpers import (
     read_metrics,
     restore_state,
     tiny_config,
+    trainer_command,
 )
 
 from resnet_jax import checkpoints, config, train
@@ -31,17 +31,7 @@ DETERMINISTIC = ("step", "epoch", "train/loss", "train/top1_error", "lr", "eval/
 
 
 def cli(workdir, *extra) -> list[str]:
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return [
-        sys.executable,
-        "-m",
-        "resnet_jax.main",
-        "--config=tests/configs/tiny.py",
-        f"--workdir={workdir}",
-    ] + [
-        *flags,
-        *extra,
-    ]
+    return trainer_command(workdir, OVERRIDES, *extra)
 
 
 def start(workdir, *extra) -> subprocess.Popen:
