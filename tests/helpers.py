@@ -7,6 +7,8 @@ import json
 import math
 import os
 import pathlib
+import signal
+import subprocess
 import sys
 
 import ml_collections
@@ -69,6 +71,22 @@ def trainer_command(workdir, overrides: dict, *extra: str) -> list[str]:
         *flags,
         *extra,
     ]
+
+
+def popen_as_in_a_terminal(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """`subprocess.Popen` for a child the test signals: SIGINT and SIGHUP reach it as from a terminal.
+
+    Under `nohup` or a shell's `&` every child starts with them ignored, and neither Python nor bash can
+    catch a signal ignored when it started; the test would then measure how it was launched. The parent's
+    ignored dispositions are set to default for the spawn only (no preexec_fn: JAX's threads forbid it)."""
+    ignored = [s for s in (signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) is signal.SIG_IGN]
+    for sig in ignored:
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        return subprocess.Popen(cmd, **kwargs)
+    finally:
+        for sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def read_metrics(workdir) -> list[dict]:

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, checkpoint_steps, tiny_config, trainer_command
+from helpers import ROOT, checkpoint_steps, popen_as_in_a_terminal, tiny_config, trainer_command
 from test_reliability import assert_same_run, deterministic_metrics
 
 from resnet_jax import train
@@ -42,7 +42,7 @@ def start(workdir, *extra, shell: str = "", env=None) -> subprocess.Popen:
     cmd = command(workdir, *extra)
     if shell:
         cmd = ["bash", "-c", f'{shell}; exec "$@"', "bash", *cmd]
-    return subprocess.Popen(
+    return popen_as_in_a_terminal(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
 

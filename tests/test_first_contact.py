@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, popen_as_in_a_terminal
 
 from resnet_jax.data import tfds_meta
 
@@ -142,7 +142,7 @@ def test_ctrl_c_during_a_hung_download_stops_at_once_without_a_traceback(tmp_pat
         cmd = as_python(docs_command("experiments.md", "analyze gradients --config="))
         cmd = [f"--out={tmp_path / 'grads'}" if a.startswith("--out=") else a for a in cmd]
     proxy = HangingProxy()
-    proc = subprocess.Popen(
+    proc = popen_as_in_a_terminal(
         cmd, cwd=ROOT, env=offline_env(tmp_path, proxy.port), stderr=subprocess.PIPE, text=True
     )
     try:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from gcloud_syntax import errors as gcloud_errors
 from gcloud_syntax import line_errors
+from helpers import popen_as_in_a_terminal
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ["launch/tpu_vm.sh", "launch/slurm_gpu.sbatch", "launch/local_gpus.sh", "launch/lib.sh"]
@@ -268,9 +269,9 @@ def test_tpu_a_signal_stops_the_workers_so_they_checkpoint_then_releases(tmp_pat
     capacity is deleted, so each finishes its step and checkpoints."""
     (tmp_path / "worker.sh").write_text('while [ ! -e "$FAKE_DIR/stopped" ]; do sleep 0.05; done; exit 0\n')
     env = {**os.environ, **fake_bin(tmp_path), "TMPDIR": str(tmp_path), "BUCKET": "bkt", "USER": "alice"}
-    proc = subprocess.Popen(
+    proc = popen_as_in_a_terminal(
         ["bash", str(ROOT / "launch/tpu_vm.sh"), "--name=t"], cwd=tmp_path, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )  # fmt: skip
     deadline = time.time() + 60
     calls = tmp_path / "calls"

@@ -170,7 +170,7 @@ def test_skip_policy_skips_the_nonfinite_seeds_steps_only(tmp_path):
         ),
         ({"keep_checkpoints": 1}, "num_seeds=2 needs keep_checkpoints >= 2"),
         ({"seed": 2**31 - 2}, "num_seeds=2 from seed 2147483646 passes the largest seed"),
-        ({"num_seeds": 0}, "num_seeds must be at least 1"),
+        ({"num_seeds": 0}, r"num_seeds must be in \[1, inf\)"),
     ],
 )
 def test_bad_input_is_refused_before_anything_compiles(overrides, message, tmp_path, monkeypatch):

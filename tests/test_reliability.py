@@ -17,6 +17,7 @@ from helpers import (
     assert_trees_equal,
     checkpoint_steps,
     damage_checkpoint,
+    popen_as_in_a_terminal,
     read_metrics,
     restore_state,
     tiny_config,
@@ -35,7 +36,7 @@ def cli(workdir, *extra) -> list[str]:
 
 
 def start(workdir, *extra) -> subprocess.Popen:
-    return subprocess.Popen(
+    return popen_as_in_a_terminal(
         cli(workdir, *extra), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
