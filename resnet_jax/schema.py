@@ -70,7 +70,9 @@ SCHEMA: dict[str, Any] = {
         ),
         "bn": Key("global", "BN over the global batch, each device's shard, or groups", choices=BN_MODES),
         "bn_group_size": Key(0, "examples per BN group when bn is ghost", lo=0),
-        "bn_momentum": Key(0.9, "running statistics: m * running + (1 - m) * batch", **UNIT),
+        "bn_momentum": Key(
+            0.9, "running statistics: m * running + (1 - m) * batch; 1 freezes them", lo=0.0, hi=1.0
+        ),
         "bn_epsilon": Key(1e-5, "added to the variance", lo=0.0, hi=1.0, lo_open=True),
         "zero_init_residual": Key(False, "zero-init the last BN scale of each residual block", free=SWITCH),
         "init": Key("fan_in", "He-normal mode: fan_in (paper), fan_out (torchvision)", choices=INITS),
@@ -111,7 +113,9 @@ SCHEMA: dict[str, Any] = {
     },
     "schedule": {
         "name": Key("piecewise", "the learning-rate schedule", choices=("piecewise", "cosine")),
-        "base_lr": Key(0.1, "the learning rate after the warm-up", lo=0.0, lo_open=True),
+        "base_lr": Key(
+            0.1, "the learning rate after the warm-up (0: the weights stay as initialised)", lo=0.0
+        ),
         "scale_by_batch": Key(False, "linear scaling rule: base_lr * batch_size / 256", free=SWITCH),
         "boundaries": Key((32_000, 48_000), "steps; used when boundaries_epochs is empty", increasing=True),
         "boundaries_epochs": Key((), "e.g. (30, 60, 90)", increasing=True),
