@@ -89,6 +89,20 @@ def popen_as_in_a_terminal(cmd: list[str], **kwargs) -> subprocess.Popen:
             signal.signal(sig, signal.SIG_IGN)
 
 
+def without_dali(monkeypatch) -> None:
+    """Imports of nvidia.* fail from now on in this test, as on a machine without DALI installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_dali(name, *args, **kwargs):
+        if name.startswith("nvidia"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dali)
+
+
 def read_metrics(workdir) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]

@@ -2,13 +2,13 @@
 TensorFlow's) and data/dali.py (the DALI pipeline on the CPU against the tf.data one: crop distributions,
 eval crops, exact resume)."""
 
-import builtins
 import io
 import math
 
 import jax
 import numpy as np
 import pytest
+from helpers import without_dali
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from resnet_jax.data import dali, sampling, sources, streamed
@@ -70,14 +70,7 @@ def tf_windows(shapes: np.ndarray, augment: str, size: int = 224) -> np.ndarray:
 
 
 def test_missing_dali_names_the_pip_command(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_dali(name, *args, **kwargs):
-        if name.startswith("nvidia"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_dali)
+    without_dali(monkeypatch)
     with pytest.raises(DataError, match=r"pip install nvidia-dali-cuda120"):
         dali.require_dali()
     with pytest.raises(DataError, match=r"pip install nvidia-dali-cuda120"):

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, assert_trees_equal, data_cfg, read_metrics, restore_state
+from helpers import ROOT, assert_trees_equal, data_cfg, read_metrics, restore_state, without_dali
 from test_data_dali import jpeg, ks_limit, ks_statistic, ramp
 
 from resnet_jax import cli, config, data, experiments, inputs, train
@@ -113,16 +113,7 @@ def test_bad_layouts_fail_in_one_sentence(tmp_path):
 
 
 def test_missing_dali_fails_in_one_sentence(folder, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_dali(name, *args, **kwargs):
-        if name.startswith("nvidia"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_dali)
+    without_dali(monkeypatch)
     with pytest.raises(
         config.DataError, match=r"needs NVIDIA DALI, which is not installed: run `pip install"
     ):

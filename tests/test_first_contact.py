@@ -74,9 +74,8 @@ def assert_offline_sentence(proc: subprocess.CompletedProcess, seconds: float) -
     assert seconds < OFFLINE_LIMIT_S, f"took {seconds:.0f} s"
 
 
-def test_the_readme_train_command_offline_stops_at_once_naming_data_path(tmp_path):
-    cmd = with_workdir(as_python(readme_command("train")), tmp_path / "run")
-    assert "--config=configs/cifar10.py:resnet20" in cmd and not any("data.path" in a for a in cmd)
+def run_offline(cmd: list[str], tmp_path) -> None:
+    """`cmd` with every connection refused: it must stop soon in one sentence naming data.path."""
     sock, port = refusing_port()
     with sock:
         t0 = time.monotonic()
@@ -84,6 +83,12 @@ def test_the_readme_train_command_offline_stops_at_once_naming_data_path(tmp_pat
             cmd, cwd=ROOT, env=offline_env(tmp_path, port), capture_output=True, text=True, timeout=300
         )
     assert_offline_sentence(proc, time.monotonic() - t0)
+
+
+def test_the_readme_train_command_offline_stops_at_once_naming_data_path(tmp_path):
+    cmd = with_workdir(as_python(readme_command("train")), tmp_path / "run")
+    assert "--config=configs/cifar10.py:resnet20" in cmd and not any("data.path" in a for a in cmd)
+    run_offline(cmd, tmp_path)
     assert not (tmp_path / "run" / "config.json").exists()  # nothing started
     assert not list((tmp_path / "tfds").rglob("*.tmp.*"))  # no download began
 
@@ -91,13 +96,7 @@ def test_the_readme_train_command_offline_stops_at_once_naming_data_path(tmp_pat
 def test_the_documented_analyze_gradients_example_offline_stops_at_once(tmp_path):
     cmd = as_python(docs_command("experiments.md", "analyze gradients --config="))
     cmd = [f"--out={tmp_path / 'grads'}" if a.startswith("--out=") else a for a in cmd]
-    sock, port = refusing_port()
-    with sock:
-        t0 = time.monotonic()
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env=offline_env(tmp_path, port), capture_output=True, text=True, timeout=300
-        )
-    assert_offline_sentence(proc, time.monotonic() - t0)
+    run_offline(cmd, tmp_path)
     assert not (tmp_path / "grads").exists()
 
 
